@@ -1,0 +1,151 @@
+"""The supervisor's side of the template process (see ``_template.py``): start it, ask it to fork."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .sockets import SD_LISTEN_FDS_START, Listener
+
+__all__ = ["Spawner", "TemplateGone"]
+
+log = logging.getLogger("liveswap.supervisor")
+
+
+class TemplateGone(Exception):
+    """The template exited (stale after a deploy, or crashed): start another and ask again."""
+
+
+class Spawner:
+    """Owns the template process and turns spawn requests into worker pids."""
+
+    def __init__(self, listeners: Sequence[Listener], preload: Sequence[str], env: dict[str, str]) -> None:
+        self.listeners = list(listeners)
+        self.preload = list(preload)
+        self.env = env
+        self.pid = 0
+        self.chan: socket.socket | None = None
+        self.ready: asyncio.Future[dict[str, Any]] | None = None
+        self.pending: dict[int, asyncio.Future[int]] = {}
+        self.next_id = 0
+        self.started_at = 0.0
+        self.info: dict[str, Any] = {}
+
+    def start(self) -> None:
+        """Spawn a fresh template with the listening sockets at fds 3, 4, ... (as LISTEN_FDS wants)."""
+        loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Dup everything above the target range first so that no dup2 overwrites a source.
+        sources = [fcntl.fcntl(x.sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 100) for x in self.listeners]
+        sources.append(fcntl.fcntl(child.fileno(), fcntl.F_DUPFD_CLOEXEC, 100))
+        actions = [(os.POSIX_SPAWN_DUP2, fd, SD_LISTEN_FDS_START + i) for i, fd in enumerate(sources)]
+        env = dict(self.env)
+        env.update({
+            "LIVESWAP_SUPERVISOR_PID": str(os.getpid()),
+            "LIVESWAP_TEMPLATE_FD": str(SD_LISTEN_FDS_START + len(self.listeners)),
+            "LIVESWAP_PRELOAD": json.dumps(self.preload),
+        })
+        try:
+            self.pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "liveswap._template"], env,
+                                      file_actions=actions)
+        finally:
+            for fd in sources:
+                os.close(fd)
+            child.close()
+        self.started_at = time.monotonic()
+        parent.setblocking(False)
+        self.chan = parent
+        self.ready = loop.create_future()
+        loop.add_reader(parent.fileno(), self._readable)
+        log.debug("template pid %d started", self.pid)
+
+    def _readable(self) -> None:
+        assert self.chan is not None
+        try:
+            data = self.chan.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._gone("the template process closed its channel")
+            return
+        msg = json.loads(data)
+        op = msg.get("op")
+        if op == "ready":
+            self.info = {"pid": self.pid, "import_ms": round(msg["import_ms"], 1)}
+            for err in msg.get("preload_errors", []):
+                log.warning("template: --preload %s", err)
+            if self.ready is not None and not self.ready.done():
+                self.ready.set_result(msg)
+            return
+        fut = self.pending.pop(msg.get("id", -1), None)
+        if fut is None or fut.done():
+            return
+        if op == "spawned":
+            fut.set_result(int(msg["pid"]))
+        elif op == "stale":
+            log.info("template pid %d: a preloaded library changed on disk; starting a fresh template", self.pid)
+            fut.set_exception(TemplateGone("stale"))
+            self._gone("stale")
+        else:
+            fut.set_exception(OSError(msg.get("error", "spawn failed")))
+
+    def _gone(self, why: str) -> None:
+        if self.chan is not None:
+            asyncio.get_running_loop().remove_reader(self.chan.fileno())
+            self.chan.close()
+            self.chan = None
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_exception(TemplateGone(why))
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(TemplateGone(why))
+        self.pending.clear()
+
+    def exited(self, pid: int) -> bool:
+        """Called for every reaped child; True if it was the template."""
+        if pid != self.pid:
+            return False
+        self.pid = 0
+        self._gone("the template process exited")
+        return True
+
+    async def _ensure(self, timeout: float) -> None:
+        if self.chan is None:
+            self.start()
+        assert self.ready is not None
+        await asyncio.wait_for(asyncio.shield(self.ready), timeout)
+
+    async def spawn(self, env: dict[str, str], fds: Sequence[int], timeout: float) -> int:
+        """Fork a worker with ``env`` and the two ``fds``; returns its pid."""
+        for attempt in range(3):
+            await self._ensure(timeout)
+            assert self.chan is not None
+            rid = self.next_id
+            self.next_id += 1
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self.pending[rid] = fut
+            payload = json.dumps({"op": "spawn", "id": rid, "env": env}).encode()
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+            try:
+                self.chan.sendmsg([payload], ancillary)
+                return await asyncio.wait_for(fut, timeout)
+            except (TemplateGone, BrokenPipeError, ConnectionError):
+                if attempt == 2:
+                    raise
+            finally:
+                self.pending.pop(rid, None)
+        raise TemplateGone("could not start a template process")
+
+    def close(self) -> None:
+        self._gone("closing")

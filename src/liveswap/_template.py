@@ -1,0 +1,186 @@
+"""The template process: a warm interpreter that forks workers on request.
+
+It imports liveswap's worker runtime, uvicorn and the ``--preload`` libraries once, but never the
+app itself, so a forked worker imports the app's current code and boots in milliseconds instead
+of paying for a fresh interpreter. Each worker is forked twice so that it is re-parented to the
+supervisor (a child subreaper): the supervisor reaps it and sees its exit status, and a crash of
+the template takes no worker with it.
+
+If a file of anything it preloaded has changed since (a deploy upgraded a library), it answers
+``stale`` and exits; the supervisor starts a fresh template. New code always runs.
+
+Protocol on the SOCK_SEQPACKET pair (one JSON object per message):
+  template -> supervisor  {"op": "ready", "import_ms": ...}
+  supervisor -> template  {"op": "spawn", "id": N, "env": {...}} with SCM_RIGHTS [control_fd, health_fd]
+  template -> supervisor  {"op": "spawned", "id": N, "pid": P} | {"op": "stale", "id": N}
+                          | {"op": "error", "id": N, "error": "..."}
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+_libc: Any = None
+
+
+def prctl(option: int, value: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL us when ``parent`` dies (checked again after setting it: it may already be gone)."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(4)
+
+
+def _fingerprint() -> dict[str, tuple[int, int]]:
+    files: dict[str, tuple[int, int]] = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            files[path] = (st.st_mtime_ns, st.st_size)
+    return files
+
+
+def _stale(files: dict[str, tuple[int, int]]) -> bool:
+    for path, sig in files.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return True
+        if (st.st_mtime_ns, st.st_size) != sig:
+            return True
+    return False
+
+
+def _recv(chan: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    fds = array.array("i")
+    msg, ancdata, _flags, _addr = chan.recvmsg(65536, socket.CMSG_SPACE(16 * fds.itemsize))
+    if not msg:
+        raise EOFError
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return json.loads(msg), list(fds)
+
+
+def _spawn(chan: socket.socket, supervisor: int, request: dict[str, Any], fds: list[int]) -> int:
+    """Double-fork a worker; returns its pid."""
+    rpipe, wpipe = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(rpipe)
+            pid = os.fork()
+            if pid == 0:
+                os.close(wpipe)
+                _become_worker(chan, supervisor, request, fds)
+            os.write(wpipe, str(pid).encode())
+        finally:
+            os._exit(0)
+    os.close(wpipe)
+    data = b""
+    while chunk := os.read(rpipe, 64):
+        data += chunk
+    os.close(rpipe)
+    os.waitpid(middle, 0)
+    for fd in fds:
+        os.close(fd)
+    if not data:
+        raise OSError("fork failed in the intermediate process")
+    return int(data)
+
+
+def _become_worker(chan: socket.socket, supervisor: int, request: dict[str, Any], fds: list[int]) -> None:
+    code = 1
+    try:
+        chan.close()
+        # Our parent (the intermediate) exits now; wait until we are the supervisor's child.
+        deadline = time.monotonic() + 5.0
+        while os.getppid() != supervisor:
+            if time.monotonic() > deadline:
+                os._exit(4)
+            time.sleep(0.0002)
+        die_with_parent(supervisor)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        control_fd, health_fd = fds
+        os.environ.update(request["env"])
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ["LIVESWAP_CONTROL_FD"] = str(control_fd)
+        os.environ["LIVESWAP_HEALTH_FD"] = str(health_fd)
+        from liveswap.worker.supervised import main
+
+        code = main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - report, never return into the template's loop
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def main() -> None:
+    supervisor = int(os.environ.pop("LIVESWAP_SUPERVISOR_PID"))
+    chan = socket.socket(fileno=int(os.environ.pop("LIVESWAP_TEMPLATE_FD")))
+    die_with_parent(supervisor)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started = time.perf_counter()
+    # Everything a worker needs before it imports the app; never the app itself.
+    import liveswap.worker.supervised  # noqa: F401
+
+    preload_errors = []
+    for name in json.loads(os.environ.pop("LIVESWAP_PRELOAD", "[]")):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - a bad --preload must not stop the service
+            preload_errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    import_ms = (time.perf_counter() - started) * 1000
+    files = _fingerprint()
+    chan.send(json.dumps({"op": "ready", "import_ms": import_ms, "preload_errors": preload_errors}).encode())
+    while True:
+        try:
+            request, fds = _recv(chan)
+        except (EOFError, ConnectionError):
+            return
+        rid = request.get("id")
+        if _stale(files):
+            for fd in fds:
+                os.close(fd)
+            chan.send(json.dumps({"op": "stale", "id": rid}).encode())
+            return
+        try:
+            pid = _spawn(chan, supervisor, request, fds)
+        except OSError as exc:
+            chan.send(json.dumps({"op": "error", "id": rid, "error": str(exc)}).encode())
+        else:
+            chan.send(json.dumps({"op": "spawned", "id": rid, "pid": pid}).encode())
+
+
+if __name__ == "__main__":
+    main()

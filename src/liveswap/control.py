@@ -1,0 +1,181 @@
+"""The control socket: ``liveswap reload | stop | status`` talk to a running instance through it.
+
+A unix stream socket ``<runtime dir>/<name>.sock``, mode 0600, in a 0700 directory
+(``$XDG_RUNTIME_DIR/liveswap``, else ``<tmp>/liveswap-<uid>``). Peers with another uid are refused
+(SO_PEERCRED). One request per connection: a JSON object on one line, ``{"cmd": "reload"}``; the
+answer is one JSON line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "...", "hint": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import struct
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import ControlError, NoInstanceError
+
+__all__ = ["COMMANDS", "ControlServer", "request", "runtime_dir", "socket_path"]
+
+COMMANDS = ("reload", "stop", "status")
+MAX_REQUEST = 64 * 1024
+_UCRED = struct.Struct("3i")
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def runtime_dir(create: bool = True) -> Path:
+    """Our per-user directory, checked to be ours and private."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(xdg) / "liveswap" if xdg and os.path.isdir(xdg) else Path(tempfile.gettempdir()) / f"liveswap-{os.getuid()}"
+    if create:
+        try:
+            base.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ControlError(f"cannot create the runtime directory {base}: {exc.strerror}",
+                               hint="set XDG_RUNTIME_DIR to a writable directory") from None
+    if base.exists():
+        st = base.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise ControlError(f"{base} is not a private directory owned by uid {os.getuid()}",
+                               hint=f"remove it (it may have been planted by another user) or set XDG_RUNTIME_DIR")
+    return base
+
+
+def socket_path(name: str) -> Path:
+    return runtime_dir() / f"{name}.sock"
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    _pid, uid, _gid = _UCRED.unpack(creds)
+    return int(uid)
+
+
+class ControlServer:
+    """Serves control requests; ``handler`` gets the parsed request and returns the reply."""
+
+    def __init__(self, name: str, handler: Handler) -> None:
+        self.path = socket_path(name)
+        self.handler = handler
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if self.path.exists():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(self.path))
+            except OSError:
+                self.path.unlink()  # left by an instance that is gone
+            else:
+                raise ControlError(f"another liveswap instance named {self.path.stem!r} is running "
+                                   f"(control socket {self.path})",
+                                   hint="stop it (liveswap stop --name ...), or give this one another --name")
+            finally:
+                probe.close()
+        old = os.umask(0o177)
+        try:
+            self.server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_REQUEST)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            sock = writer.get_extra_info("socket")
+            if _peer_uid(sock) != os.getuid():
+                reply: dict[str, Any] = {"ok": False, "error": "permission denied: peer has another uid"}
+            else:
+                reply = await self._answer(reader)
+            writer.write((json.dumps(reply) + "\n").encode())
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=5.0)
+        except (ValueError, asyncio.LimitOverrunError):
+            return {"ok": False, "error": f"malformed request: longer than {MAX_REQUEST} bytes"}
+        except TimeoutError:
+            return {"ok": False, "error": "malformed request: no complete line within 5 s"}
+        try:
+            req = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return {"ok": False, "error": "malformed request: not JSON",
+                    "hint": 'send one JSON object on one line, e.g. {"cmd": "status"}'}
+        if not isinstance(req, dict) or req.get("cmd") not in COMMANDS:
+            cmd = req.get("cmd") if isinstance(req, dict) else None
+            return {"ok": False, "error": f"unknown command {cmd!r}", "hint": f"commands: {', '.join(COMMANDS)}"}
+        return await self.handler(req)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def find_instance(name: str | None) -> Path:
+    """The control socket of ``name``, or of the only running instance when no name is given."""
+    if name:
+        path = socket_path(name)
+        if not path.exists():
+            raise NoInstanceError(f"no liveswap instance named {name!r} is running (no {path})",
+                                  hint=_running_hint())
+        return path
+    running = _running()
+    if not running:
+        raise NoInstanceError("no liveswap instance is running", hint="start one with `liveswap run APP`")
+    if len(running) > 1:
+        names = ", ".join(p.stem for p in running)
+        raise ControlError(f"several liveswap instances are running: {names}", hint="choose one with --name")
+    return running[0]
+
+
+def _running() -> list[Path]:
+    return sorted(runtime_dir().glob("*.sock"))
+
+
+def _running_hint() -> str:
+    names = [p.stem for p in _running()]
+    return f"running instances: {', '.join(names)}" if names else "start one with `liveswap run APP`"
+
+
+def request(cmd: str, name: str | None = None, timeout: float = 120.0, **args: Any) -> dict[str, Any]:
+    """Send one command to a running instance and return its reply."""
+    path = find_instance(name)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise NoInstanceError(f"the instance {path.stem!r} is not answering (stale socket {path})",
+                                  hint="it has exited; start it again with `liveswap run`") from None
+        sock.sendall((json.dumps({"cmd": cmd, **args}) + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        raise ControlError(f"no answer from {path.stem!r} within {timeout:.0f} s") from None
+    finally:
+        sock.close()
+    if not data:
+        raise ControlError(f"the instance {path.stem!r} closed the connection without answering")
+    reply: dict[str, Any] = json.loads(data)
+    return reply

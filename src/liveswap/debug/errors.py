@@ -1,0 +1,38 @@
+"""The debug server's exceptions, part of liveswap's hierarchy (see ``liveswap.errors``).
+
+    LiveswapError
+     '-- DebugError               anything the debug server raises on purpose
+          |-- DebugBindError      the debug address is malformed, not loopback, or in use (also a ValueError)
+          |-- DebugServerError    the debug server thread did not start or did not stop in time
+          |-- ProfileBusyError    a CPU profile is already running in this process
+          '-- HeapNotTracingError heap statistics were asked for while tracemalloc is off
+
+As everywhere in liveswap, ``str(exc)`` is the message and ``exc.hint`` the one line that usually
+fixes it; the CLI prints the hint as ``hint: ...`` under the message.
+"""
+
+from __future__ import annotations
+
+from liveswap.errors import BindError, LiveswapError
+
+__all__ = ["DebugBindError", "DebugError", "DebugServerError", "HeapNotTracingError", "ProfileBusyError"]
+
+
+class DebugError(LiveswapError):
+    """Base class of the debug server's errors."""
+
+
+class DebugBindError(BindError, DebugError, ValueError):
+    """The debug address could not be parsed, is not loopback (without ``allow_public``), or is in use."""
+
+
+class DebugServerError(DebugError, RuntimeError):
+    """The debug server thread failed to start, or did not stop within its deadline."""
+
+
+class ProfileBusyError(DebugError):
+    """A CPU profile is already being taken in this process; profiles sample every thread, so one at a time."""
+
+
+class HeapNotTracingError(DebugError):
+    """tracemalloc is not tracing, so there are no allocation sites to show."""

@@ -1,0 +1,259 @@
+"""HTTP server metrics: counters, an in-flight gauge, a latency histogram and host-set gauges.
+
+One ``Metrics`` per process. ``MetricsMiddleware`` feeds it from the app's hot path; the debug
+server reads it from its own thread with ``snapshot()``. Snapshots are plain JSON-able dicts so a
+supervisor can collect one per worker (``/metrics?format=json``) and ``merge_snapshots`` them.
+
+    metrics = Metrics()
+    app = MetricsMiddleware(app, metrics)
+    metrics.set_gauge("generation", 3, "Generation number of this worker's code.")
+    print(render_prometheus(metrics.snapshot()))
+
+Merging: request counters, the histogram and ``in_flight`` are summed across processes. Host gauges
+are *not* summed (a sum of generation numbers means nothing): each process keeps its own value,
+rendered with a ``pid`` label; aggregate them in PromQL (``max(liveswap_generation)``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Sequence
+from typing import Any
+
+from ._asgi import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "Metrics",
+    "MetricsMiddleware",
+    "merge_snapshots",
+    "render_prometheus",
+]
+
+DEFAULT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SNAPSHOT_FORMAT = "liveswap.metrics/1"
+PREFIX = "liveswap_"
+
+# Anything else is counted as "OTHER": the method is client-chosen, and every distinct label
+# value is a new time series in Prometheus.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+_GAUGE_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_RESERVED = ("http_requests_total", "http_requests_in_flight", "http_request_duration_seconds")
+
+
+def _status_class(status: int) -> str:
+    first = status // 100
+    return f"{first}xx" if 1 <= first <= 5 else "other"
+
+
+class Metrics:
+    """Thread-safe request metrics of one process. Cheap to update: one uncontended lock per call."""
+
+    def __init__(self, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+        bounds = tuple(float(b) for b in buckets)
+        if not bounds or any(not math.isfinite(b) or b <= 0 for b in bounds) or list(bounds) != sorted(set(bounds)):
+            raise ValueError(
+                f"histogram buckets must be positive, finite and strictly increasing, got {list(buckets)!r} "
+                f"(the +Inf bucket is implicit); e.g. {list(DEFAULT_BUCKETS)!r}"
+            )
+        self.buckets = bounds
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, str], int] = {}
+        self._in_flight = 0
+        self._bucket_counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; last is (max, +Inf)
+        self._duration_sum = 0.0
+        self._gauges: dict[str, tuple[float, str]] = {}
+
+    def request_started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def request_finished(self, method: str, status: int, duration: float) -> None:
+        """Count one finished request; ``status`` 500 for a request that ended in an exception."""
+        key = (method if method in _METHODS else "OTHER", _status_class(status))
+        index = bisect_left(self.buckets, duration)  # le semantics: duration == bound falls in that bucket
+        with self._lock:
+            self._in_flight -= 1
+            self._requests[key] = self._requests.get(key, 0) + 1
+            self._bucket_counts[index] += 1
+            self._duration_sum += duration
+
+    def set_gauge(self, name: str, value: float, help: str = "") -> None:
+        """Set a host gauge, exported as ``liveswap_<name>`` (e.g. ``generation``, ``reloads``)."""
+        if not _GAUGE_NAME.match(name) or name.startswith(PREFIX) or name in _RESERVED:
+            raise ValueError(
+                f"gauge name {name!r} is not usable: expected letters, digits and underscores, not starting "
+                f"with a digit, without the {PREFIX!r} prefix (it is added) and not one of {list(_RESERVED)}; "
+                "e.g. set_gauge('generation', 3)"
+            )
+        with self._lock:
+            self._gauges[name] = (float(value), help)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A consistent, JSON-able copy of every metric of this process."""
+        with self._lock:
+            requests = dict(self._requests)
+            in_flight = self._in_flight
+            counts = list(self._bucket_counts)
+            total = self._duration_sum
+            gauges = dict(self._gauges)
+        pid = str(os.getpid())
+        cumulative: list[int] = []
+        running = 0
+        for count in counts:
+            running += count
+            cumulative.append(running)
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "pids": [int(pid)],
+            "time": time.time(),
+            "buckets": list(self.buckets),
+            "requests_total": [
+                {"method": method, "status": status, "value": value}
+                for (method, status), value in sorted(requests.items())
+            ],
+            "in_flight": in_flight,
+            "request_duration_seconds": {"buckets": cumulative, "sum": total, "count": running},
+            "gauges": {name: {"help": h, "values": {pid: v}} for name, (v, h) in sorted(gauges.items())},
+        }
+
+
+def merge_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Sum counters, histograms and in-flight across processes; keep each process's gauges (by pid)."""
+    if not snapshots:
+        return Metrics().snapshot() | {"pids": [], "gauges": {}}
+    buckets = snapshots[0]["buckets"]
+    requests: dict[tuple[str, str], int] = {}
+    cumulative = [0] * (len(buckets) + 1)
+    total = 0.0
+    in_flight = 0
+    pids: list[int] = []
+    gauges: dict[str, dict[str, Any]] = {}
+    for snap in snapshots:
+        if snap.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"not a liveswap metrics snapshot (format {snap.get('format')!r}, "
+                             f"expected {SNAPSHOT_FORMAT!r}); pass the dicts returned by Metrics.snapshot()")
+        if snap["buckets"] != buckets:
+            raise ValueError(f"cannot merge histograms with different buckets: {snap['buckets']} vs {buckets}; "
+                             "create every process's Metrics with the same buckets")
+        pids.extend(snap["pids"])
+        in_flight += snap["in_flight"]
+        for row in snap["requests_total"]:
+            key = (row["method"], row["status"])
+            requests[key] = requests.get(key, 0) + row["value"]
+        hist = snap["request_duration_seconds"]
+        cumulative = [a + b for a, b in zip(cumulative, hist["buckets"], strict=True)]
+        total += hist["sum"]
+        for name, gauge in snap["gauges"].items():
+            merged = gauges.setdefault(name, {"help": gauge["help"], "values": {}})
+            merged["help"] = merged["help"] or gauge["help"]
+            merged["values"].update(gauge["values"])
+    return {
+        "format": SNAPSHOT_FORMAT,
+        "pids": pids,
+        "time": max(s["time"] for s in snapshots),
+        "buckets": list(buckets),
+        "requests_total": [
+            {"method": m, "status": s, "value": v} for (m, s), v in sorted(requests.items())
+        ],
+        "in_flight": in_flight,
+        "request_duration_seconds": {"buckets": cumulative, "sum": total, "count": cumulative[-1]},
+        "gauges": dict(sorted(gauges.items())),
+    }
+
+
+def _num(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def render_prometheus(snapshot: dict[str, Any]) -> str:
+    """The snapshot in Prometheus text exposition format 0.0.4 (``text/plain; version=0.0.4``)."""
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help: str) -> None:
+        lines.append(f"# HELP {PREFIX}{name} {_help(help)}")
+        lines.append(f"# TYPE {PREFIX}{name} {kind}")
+
+    family("http_requests_total", "counter", "HTTP requests finished, by method and status class.")
+    for row in snapshot["requests_total"]:
+        lines.append(f'{PREFIX}http_requests_total{{method="{_label(row["method"])}",'
+                     f'status="{_label(row["status"])}"}} {_num(row["value"])}')
+    family("http_requests_in_flight", "gauge", "HTTP requests being handled now.")
+    lines.append(f"{PREFIX}http_requests_in_flight {_num(snapshot['in_flight'])}")
+    family("http_request_duration_seconds", "histogram",
+           "Time from the start of a request to its last response byte (or its exception).")
+    hist = snapshot["request_duration_seconds"]
+    bounds = [_num(float(b)) for b in snapshot["buckets"]] + ["+Inf"]
+    for bound, count in zip(bounds, hist["buckets"], strict=True):
+        lines.append(f'{PREFIX}http_request_duration_seconds_bucket{{le="{bound}"}} {_num(count)}')
+    lines.append(f"{PREFIX}http_request_duration_seconds_sum {_num(float(hist['sum']))}")
+    lines.append(f"{PREFIX}http_request_duration_seconds_count {_num(hist['count'])}")
+    for name, gauge in snapshot["gauges"].items():
+        family(name, "gauge", gauge["help"] or f"{name} (set by the liveswap host).")
+        for pid, value in sorted(gauge["values"].items()):
+            lines.append(f'{PREFIX}{name}{{pid="{_label(pid)}"}} {_num(float(value))}')
+    return "\n".join(lines) + "\n"
+
+
+class MetricsMiddleware:
+    """ASGI middleware counting HTTP requests into ``metrics``; other scope types pass through untouched.
+
+    A request ends at its final body chunk (``more_body`` false), or when the app raises (counted as
+    5xx), or when the app returns (e.g. after a client disconnect) -- whichever comes first.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.metrics
+        method: str = scope.get("method", "GET")
+        start = time.perf_counter()
+        status = 0
+        finished = False
+        metrics.request_started()
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, finished
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            elif kind == "http.response.body" and not finished and not message.get("more_body", False):
+                finished = True
+                metrics.request_finished(method, status, time.perf_counter() - start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        except BaseException:
+            if not finished:
+                finished = True
+                metrics.request_finished(method, 500, time.perf_counter() - start)
+            raise
+        if not finished:
+            # The app returned without a final body chunk. Without a response start the server
+            # answers 500 itself, so count it as that.
+            metrics.request_finished(method, status or 500, time.perf_counter() - start)

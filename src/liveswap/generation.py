@@ -1,0 +1,103 @@
+"""Generations and workers: the supervisor's picture of its children.
+
+A generation is the set of W workers that run one version of the code:
+
+    STARTING -> LIVE -> DRAINING -> GONE        (a reload that succeeds)
+    STARTING -> FAILED                          (rolled back: the old generation keeps serving)
+
+At most one generation is LIVE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["BootFailed", "GenState", "Generation", "Worker", "WorkerState"]
+
+
+class GenState(enum.Enum):
+    STARTING = "starting"
+    LIVE = "live"
+    DRAINING = "draining"
+    GONE = "gone"
+    FAILED = "failed"
+
+
+class WorkerState(enum.Enum):
+    BOOTING = "booting"  # forked, importing and starting the app
+    READY = "ready"  # passed its health check, not yet accepting public connections
+    LIVE = "live"  # accepting
+    DRAINING = "draining"
+    DEAD = "dead"
+
+
+class BootFailed(Exception):
+    """A new worker did not become ready and healthy; ``detail`` is for the reload caller."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+@dataclass(eq=False)
+class Worker:
+    generation: Generation
+    slot: int
+    pid: int = 0
+    state: WorkerState = WorkerState.BOOTING
+    control: socket.socket | None = None
+    health: socket.socket | None = None
+    writer: asyncio.StreamWriter | None = None
+    spawned_at: float = field(default_factory=time.monotonic)
+    live_at: float = 0.0
+    restarts: int = 0
+    ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    live: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    exited: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    boot_error: tuple[str, str] | None = None
+    hammer: asyncio.TimerHandle | None = None
+    expected_exit: bool = False
+
+    def send(self, **message: Any) -> None:
+        import json
+
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write((json.dumps(message) + "\n").encode())
+
+    def describe(self) -> str:
+        return f"worker pid {self.pid} (generation {self.generation.number}, slot {self.slot})"
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "slot": self.slot,
+            "state": self.state.value,
+            "uptime": round(now - self.spawned_at, 3),
+            "restarts": self.restarts,
+        }
+
+
+@dataclass(eq=False)
+class Generation:
+    number: int
+    state: GenState = GenState.STARTING
+    workers: list[Worker] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+    slot_crashes: dict[int, int] = field(default_factory=dict)
+    restart_pending: dict[int, asyncio.TimerHandle] = field(default_factory=dict)
+
+    def alive(self) -> list[Worker]:
+        return [w for w in self.workers if w.state is not WorkerState.DEAD]
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            "generation": self.number,
+            "state": self.state.value,
+            "created": self.created_at,
+            "workers": [w.status(now) for w in self.alive()],
+        }

@@ -1,0 +1,516 @@
+"""The supervisor: one asyncio loop that owns the sockets and turns events into actions.
+
+Signal handlers, child exits, readiness messages and control commands only put events on a queue;
+``_dispatch`` decides. Long operations (a reload transaction, a stop) run as tasks whose every wait
+has a deadline, and they learn about child exits through futures that the dispatcher resolves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from . import _template
+from ._spawner import Spawner
+from .config import Settings
+from .control import ControlServer
+from .generation import BootFailed, Generation, GenState, Worker, WorkerState
+from .notify import Notifier, NotifyReceiver
+from .sockets import Listener, close_all, describe, listen_env
+
+__all__ = ["EXIT_BOOT_ERROR", "EXIT_OK", "Supervisor"]
+
+log = logging.getLogger("liveswap.supervisor")
+
+EXIT_OK = 0
+EXIT_BOOT_ERROR = 3
+STABLE_AFTER = 10.0  # a worker up this long resets its slot's crash count
+ACK_TIMEOUT = 5.0
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, listeners: list[Listener]) -> None:
+        self.settings = settings
+        self.listeners = listeners
+        self.name = settings.instance_name()
+        self.generations: list[Generation] = []
+        self.live: Generation | None = None
+        self.next_gen = 1
+        self.by_pid: dict[int, Worker] = {}
+        self.early_exits: dict[int, int] = {}
+        self.early_notify: dict[int, list[dict[str, str]]] = {}
+        self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.stopping = False
+        self.fast = False
+        self.reload_task: asyncio.Task[None] | None = None
+        self.waiting: list[tuple[asyncio.Future[dict[str, Any]], str]] = []
+        self.last_reload: dict[str, Any] | None = None
+        self.counts = {"reloads_ok": 0, "reloads_failed": 0, "restarts": 0}
+        self.started_at = time.time()
+        self.systemd = Notifier()
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        self.spawner = Spawner(listeners, settings.preload, env)
+        self.notify_rx = NotifyReceiver(self.name)
+        self.control = ControlServer(self.name, self._control)
+        self._stopped: asyncio.Future[int] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal error in %s", task.get_coro(), exc_info=task.exception())
+
+    async def run(self) -> int:
+        """Serve until stopped; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        _template.prctl(_template.PR_SET_CHILD_SUBREAPER, 1)
+        for sig, event in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop"),
+                           (signal.SIGQUIT, "stop"), (signal.SIGCHLD, "reap")):
+            loop.add_signal_handler(sig, self.events.put_nowait, (event, sig))
+        loop.add_reader(self.notify_rx.fileno(), lambda: self.events.put_nowait(("notify",)))
+        await self.control.start()
+        dispatcher = self._spawn_task(self._dispatch())
+        started = time.monotonic()
+        try:
+            self.spawner.start()
+            outcome = await self._transaction("initial start")
+            if not outcome["ok"]:
+                log.error("could not start %s: %s", self.settings.app, outcome["error"])
+                if outcome.get("detail"):
+                    log.error("%s", outcome["detail"])
+                await self._stop(graceful=False)
+                return EXIT_BOOT_ERROR
+            where = ", ".join(describe(x.sock) for x in self.listeners)
+            log.info("serving %s on %s: %d worker(s), generation %d, ready in %.1f ms (control: liveswap "
+                     "reload --name %s)", self.settings.app, where, self.settings.workers, outcome["generation"],
+                     (time.monotonic() - started) * 1000, self.name)
+            self.systemd.send(READY=1, STATUS=f"serving {self.settings.app}", MAINPID=os.getpid())
+            return await self._stopped
+        finally:
+            dispatcher.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            await self.control.close()
+            self.spawner.close()
+            loop.remove_reader(self.notify_rx.fileno())
+            self.notify_rx.close()
+            close_all(self.listeners)
+
+    async def _dispatch(self) -> None:
+        while True:
+            event = await self.events.get()
+            kind = event[0]
+            if kind == "reap":
+                self._reap()
+            elif kind == "notify":
+                for pid, fields in self.notify_rx.receive():
+                    self._on_notify(pid, fields)
+            elif kind == "reload":
+                self.request_reload(f"signal {signal.Signals(event[1]).name}")
+            elif kind == "stop":
+                sig = signal.Signals(event[1])
+                if self.stopping and sig is signal.SIGINT:
+                    self._fast_stop()
+                elif not self.stopping:
+                    log.info("%s: stopping gracefully (send SIGINT again to stop at once)", sig.name)
+                    self._spawn_task(self._stop(graceful=True))
+
+    # ---- children ---------------------------------------------------------------------------
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            if self.spawner.exited(pid):
+                if not self.stopping:
+                    log.warning("template pid %d exited (%s); a new one starts on the next spawn", pid,
+                                _exit_text(code))
+                continue
+            worker = self.by_pid.get(pid)
+            if worker is None:
+                self.early_exits[pid] = code
+            else:
+                self._on_exit(worker, code)
+
+    def _on_notify(self, pid: int, fields: dict[str, str]) -> None:
+        worker = self.by_pid.get(pid)
+        if worker is None:
+            self.early_notify.setdefault(pid, []).append(fields)
+            return
+        if fields.get("READY") == "1" and not worker.ready.done():
+            worker.ready.set_result(None)
+
+    def _on_exit(self, worker: Worker, code: int) -> None:
+        prev = worker.state
+        worker.state = WorkerState.DEAD
+        self.by_pid.pop(worker.pid, None)
+        if worker.hammer is not None:
+            worker.hammer.cancel()
+        gen = worker.generation
+        if not worker.exited.done():
+            worker.exited.set_result(code)
+        if prev is WorkerState.DRAINING or worker.expected_exit:
+            log.info("%s exited (%s) after %.2f s draining", worker.describe(), _exit_text(code),
+                     time.monotonic() - worker.live_at if worker.live_at else 0.0)
+        elif prev in (WorkerState.BOOTING, WorkerState.READY):
+            pass  # the boot coroutine reports it
+        elif prev is WorkerState.LIVE and gen is self.live and not self.stopping:
+            log.error("%s exited unexpectedly (%s)", worker.describe(), _exit_text(code))
+            self._schedule_restart(gen, worker)
+        if gen.state is GenState.DRAINING and not gen.alive():
+            gen.state = GenState.GONE
+            log.info("generation %d gone", gen.number)
+        self._forget_finished()
+        self._check_stopped()
+
+    def _forget_finished(self) -> None:
+        self.generations = [g for g in self.generations if g.state not in (GenState.GONE, GenState.FAILED)
+                            or g.alive()]
+
+    def _kill(self, worker: Worker) -> None:
+        if worker.pid and worker.state is not WorkerState.DEAD:
+            worker.expected_exit = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+
+    # ---- booting a worker ---------------------------------------------------------------------
+    async def _boot(self, gen: Generation, slot: int, restarts: int = 0) -> Worker:
+        """Fork a worker and wait until it is ready and healthy (not yet accepting); raises BootFailed."""
+        loop = asyncio.get_running_loop()
+        worker = Worker(gen, slot, restarts=restarts)
+        gen.workers.append(worker)
+        deadline = loop.time() + self.settings.boot_timeout
+        control, control_child = socket.socketpair()
+        health, health_child = socket.socketpair()
+        worker.health = health
+        env = {"LIVESWAP_SETTINGS": json.dumps(self.settings.to_json()), "LIVESWAP_GENERATION": str(gen.number),
+               "NOTIFY_SOCKET": self.notify_rx.name, **listen_env(self.listeners, 0)}
+        try:
+            try:
+                worker.pid = await self.spawner.spawn(env, [control_child.fileno(), health_child.fileno()],
+                                                      self.settings.boot_timeout)
+            finally:
+                control_child.close()
+                health_child.close()
+        except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            worker.state = WorkerState.DEAD
+            control.close()
+            health.close()
+            raise BootFailed(f"could not fork a worker: {exc or type(exc).__name__}") from None
+        self.by_pid[worker.pid] = worker
+        control.setblocking(False)
+        reader, worker.writer = await asyncio.open_connection(sock=control)
+        reading = self._spawn_task(self._read_worker(worker, reader))
+        for fields in self.early_notify.pop(worker.pid, []):
+            self._on_notify(worker.pid, fields)
+        if worker.pid in self.early_exits:
+            self._on_exit(worker, self.early_exits.pop(worker.pid))
+        try:
+            await self._await_ready(worker, reading, deadline)
+            status = await asyncio.wait_for(self._health_check(worker), max(0.0, deadline - loop.time()))
+            if status >= 500:
+                raise BootFailed(f"health check GET {self.settings.health_path} answered {status}")
+        except (TimeoutError, asyncio.TimeoutError):
+            self._kill(worker)
+            raise BootFailed(f"{worker.describe()} was not ready and healthy within "
+                             f"{self.settings.boot_timeout:g} s (--boot-timeout)") from None
+        except BootFailed:
+            self._kill(worker)
+            raise
+        finally:
+            health.close()
+        worker.state = WorkerState.READY
+        return worker
+
+    async def _await_ready(self, worker: Worker, reading: asyncio.Task[None], deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        done, _ = await asyncio.wait([worker.ready, worker.exited], timeout=max(0.0, deadline - loop.time()),
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if worker.ready in done:
+            return
+        if worker.exited in done:
+            # Let the control channel deliver the boot error the worker sent before exiting.
+            await asyncio.wait([reading], timeout=1.0)
+            if worker.boot_error:
+                raise BootFailed(*worker.boot_error)
+            raise BootFailed(f"{worker.describe()} exited before it was ready ({_exit_text(worker.exited.result())})")
+        raise TimeoutError
+
+    async def _health_check(self, worker: Worker) -> int:
+        assert worker.health is not None
+        worker.health.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=worker.health)
+        try:
+            writer.write(f"GET {self.settings.health_path} HTTP/1.1\r\nhost: liveswap-health\r\n"
+                         "user-agent: liveswap-health\r\nconnection: close\r\n\r\n".encode())
+            line = await reader.readline()
+        finally:
+            writer.close()
+        parts = line.split()
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+            raise BootFailed(f"health check GET {self.settings.health_path} got no HTTP answer "
+                             f"({line[:80]!r})")
+        return int(parts[1])
+
+    async def _read_worker(self, worker: Worker, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("event") == "boot_error":
+                worker.boot_error = (str(msg.get("error", "boot error")), str(msg.get("detail", "")))
+            elif msg.get("event") == "live" and not worker.live.done():
+                worker.live.set_result(None)
+
+    async def _go(self, workers: list[Worker]) -> None:
+        for w in workers:
+            w.send(cmd="go")
+        await asyncio.wait([w.live for w in workers], timeout=ACK_TIMEOUT)
+        now = time.monotonic()
+        for w in workers:
+            if w.state is WorkerState.READY:
+                w.state = WorkerState.LIVE
+                w.live_at = now
+
+    # ---- reloads --------------------------------------------------------------------------------
+    def request_reload(self, reason: str) -> asyncio.Future[dict[str, Any]]:
+        """Ask for a reload; the future gets its outcome. Requests during a reload are coalesced."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        if self.stopping:
+            fut.set_result({"ok": False, "error": "the instance is stopping"})
+            return fut
+        self.waiting.append((fut, reason))
+        log.info("reload requested (%s)%s", reason, "; coalesced with the next transaction"
+                 if self.reload_task is not None else "")
+        if self.reload_task is None:
+            self.reload_task = self._spawn_task(self._reloads())
+        return fut
+
+    async def _reloads(self) -> None:
+        try:
+            while self.waiting and not self.stopping:
+                batch, self.waiting = self.waiting, []
+                outcome = await self._transaction("; ".join(sorted({r for _, r in batch})))
+                for fut, _ in batch:
+                    if not fut.done():
+                        fut.set_result(outcome)
+        finally:
+            self.reload_task = None
+            for fut, _ in self.waiting:
+                if not fut.done():
+                    fut.set_result({"ok": False, "error": "the instance is stopping"})
+            self.waiting = []
+
+    async def _transaction(self, reason: str) -> dict[str, Any]:
+        """Start a new generation; make it LIVE only if every worker is ready and healthy."""
+        t0 = time.monotonic()
+        gen = Generation(self.next_gen)
+        self.next_gen += 1
+        self.generations.append(gen)
+        old = self.live
+        if old is not None:
+            self.systemd.reloading()
+            log.info("reload: starting generation %d (%s)", gen.number, reason)
+        boots = [self._spawn_task(self._boot(gen, slot)) for slot in range(self.settings.workers)]
+        done, pending = await asyncio.wait(boots, return_when=asyncio.FIRST_EXCEPTION)
+        failure = next((t.exception() for t in done if t.exception() is not None), None)
+        if failure is None and self.stopping:
+            failure = BootFailed("the instance is stopping")
+        outcome: dict[str, Any] = {"generation": gen.number, "reason": reason, "time": time.time()}
+        if failure is not None:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(boots)
+            for w in gen.workers:
+                self._kill(w)
+            gen.state = GenState.FAILED
+            outcome.update(ok=False, error=str(failure), detail=getattr(failure, "detail", ""))
+        else:
+            await self._go(gen.workers)
+            gen.state = GenState.LIVE
+            self.live = gen
+            if old is not None:
+                self._drain_generation(old)
+            outcome.update(ok=True)
+        outcome["duration_ms"] = round((time.monotonic() - t0) * 1000, 1)
+        if old is not None or not outcome["ok"]:
+            self.last_reload = outcome
+            self.counts["reloads_ok" if outcome["ok"] else "reloads_failed"] += 1
+        if old is None:
+            pass
+        elif outcome["ok"]:
+            log.info("reload ok: generation %d live in %.1f ms; draining generation %d", gen.number,
+                     outcome["duration_ms"], old.number)
+            self.systemd.send(READY=1, STATUS=f"serving generation {gen.number}")
+        else:
+            log.error("reload failed after %.1f ms, rolled back: generation %d keeps serving: %s",
+                      outcome["duration_ms"], old.number, outcome["error"])
+            if outcome["detail"]:
+                log.error("%s", outcome["detail"])
+            self.systemd.send(READY=1, STATUS=f"reload failed; serving generation {old.number}")
+        self._forget_finished()
+        return outcome
+
+    def _drain_generation(self, gen: Generation) -> None:
+        gen.state = GenState.DRAINING
+        for timer in gen.restart_pending.values():
+            timer.cancel()
+        gen.restart_pending.clear()
+        for w in gen.alive():
+            self._drain_worker(w)
+        if not gen.alive():
+            gen.state = GenState.GONE
+
+    def _drain_worker(self, worker: Worker) -> None:
+        if worker.state in (WorkerState.DEAD, WorkerState.DRAINING):
+            return
+        worker.state = WorkerState.DRAINING
+        worker.expected_exit = True
+        worker.live_at = time.monotonic()
+        worker.send(cmd="drain")
+        worker.hammer = asyncio.get_running_loop().call_later(self.settings.drain_timeout, self._hammer, worker)
+
+    def _hammer(self, worker: Worker) -> None:
+        if worker.state is not WorkerState.DEAD:
+            log.warning("hammer time: %s still draining after %.1f s (--drain-timeout); sending SIGKILL",
+                        worker.describe(), self.settings.drain_timeout)
+            self._kill(worker)
+
+    # ---- crashes --------------------------------------------------------------------------------
+    def _schedule_restart(self, gen: Generation, dead: Worker) -> None:
+        crashes = gen.slot_crashes.get(dead.slot, 0)
+        if dead.live_at and time.monotonic() - dead.live_at >= STABLE_AFTER:
+            crashes = 0
+        crashes += 1
+        gen.slot_crashes[dead.slot] = crashes
+        delay = 0.0 if crashes == 1 else min(self.settings.backoff_max, 0.1 * 2 ** (crashes - 2))
+        if crashes > 1:
+            log.warning("slot %d of generation %d crashed %d times in a row; restarting in %.1f s", dead.slot,
+                        gen.number, crashes, delay)
+        loop = asyncio.get_running_loop()
+        gen.restart_pending[dead.slot] = loop.call_later(
+            delay, lambda: self._spawn_task(self._restart(gen, dead.slot, dead.restarts + 1)))
+
+    async def _restart(self, gen: Generation, slot: int, restarts: int) -> None:
+        gen.restart_pending.pop(slot, None)
+        if gen is not self.live or self.stopping:
+            return
+        self.counts["restarts"] += 1
+        try:
+            worker = await self._boot(gen, slot, restarts)
+        except BootFailed as exc:
+            log.error("restart of slot %d (generation %d) failed: %s", slot, gen.number, exc)
+            if getattr(exc, "detail", ""):
+                log.error("%s", exc.detail)
+            dead = Worker(gen, slot, restarts=restarts)
+            dead.state = WorkerState.DEAD
+            self._schedule_restart(gen, dead)
+            return
+        if gen is not self.live or self.stopping:
+            self._drain_worker(worker)
+            return
+        await self._go([worker])
+        log.info("%s replaced the crashed worker (restart %d)", worker.describe(), restarts)
+
+    # ---- stopping ---------------------------------------------------------------------------------
+    async def _stop(self, graceful: bool) -> None:
+        self.stopping = True
+        self.systemd.send(STOPPING=1)
+        for gen in list(self.generations):
+            for timer in gen.restart_pending.values():
+                timer.cancel()
+            gen.restart_pending.clear()
+            for w in gen.alive():
+                if graceful and w.state in (WorkerState.LIVE, WorkerState.DRAINING):
+                    self._drain_worker(w)
+                else:
+                    self._kill(w)
+        self.spawner.close()
+        waits = [w.exited for g in self.generations for w in g.workers if not w.exited.done()]
+        if waits:
+            await asyncio.wait(waits)
+        if self.spawner.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.spawner.pid, signal.SIGKILL)
+        self._check_stopped()
+
+    def _fast_stop(self) -> None:
+        alive = [w for g in self.generations for w in g.alive()]
+        log.warning("second SIGINT: stopping now; killing %d worker(s)", len(alive))
+        self.fast = True
+        for w in alive:
+            self._kill(w)
+
+    def _check_stopped(self) -> None:
+        if not self.stopping or self._stopped is None or self._stopped.done():
+            return
+        if any(g.alive() for g in self.generations):
+            return
+        log.info("stopped")
+        self._stopped.set_result(EXIT_OK)
+
+    # ---- control ------------------------------------------------------------------------------------
+    async def _control(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req["cmd"]
+        if cmd == "status":
+            return {"ok": True, **self.status()}
+        if cmd == "reload":
+            outcome = await self.request_reload("liveswap reload")
+            return dict(outcome)
+        self.events.put_nowait(("stop", signal.SIGTERM))
+        return {"ok": True, "stopping": True, "pid": os.getpid()}
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        live_workers = len([w for w in self.live.workers if w.state is WorkerState.LIVE]) if self.live else 0
+        if self.stopping:
+            state = "stopping"
+        elif self.live is None:
+            state = "starting"
+        elif live_workers < self.settings.workers:
+            state = f"degraded: {live_workers} of {self.settings.workers} workers up, restarting with backoff"
+        else:
+            state = "serving"
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "app": self.settings.app,
+            "state": state,
+            "uptime": round(time.time() - self.started_at, 3),
+            "listening": [describe(x.sock) for x in self.listeners],
+            "workers": self.settings.workers,
+            "generations": [g.status(now) for g in self.generations],
+            "last_reload": self.last_reload,
+            "reloading": self.reload_task is not None,
+            **self.counts,
+        }

@@ -1,0 +1,144 @@
+"""One worker's HTTP server: uvicorn's protocols on sockets we are given, with our lifecycle.
+
+Unlike ``uvicorn.Server`` it separates the steps liveswap needs apart: start the app (lifespan),
+answer a private health check, start accepting on the public sockets only when told (``go``),
+and drain without dropping anything (``drain``). Both ``liveswap run`` workers and
+``liveswap.serve()`` use it, so every protection holds in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from email.utils import formatdate
+from typing import Any
+
+import uvicorn
+from uvicorn.server import ServerState
+
+from .protocol import Limits, protocol_class
+
+__all__ = ["StartupFailed", "WorkerServer"]
+
+log = logging.getLogger("liveswap.worker")
+
+
+class StartupFailed(Exception):
+    """The app's lifespan startup failed; ``detail`` has the end of its traceback when there is one."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class _Capture(logging.Handler):
+    """Keeps the last error uvicorn logs during lifespan startup, to report it to the supervisor."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+        self.text = "\n".join(text.rstrip().splitlines()[-6:])
+
+
+class WorkerServer:
+    """Serves an ASGI 3 app with uvicorn's protocols on given listening sockets."""
+
+    def __init__(self, app: Callable[..., Any], sockets: Sequence[socket.socket], *, lifespan: str = "auto",
+                 keepalive_timeout: float = 5.0, header_timeout: float = 10.0, max_header_bytes: int = 65536,
+                 idle_grace: float = 1.0, max_connections: int = 0, access_log: bool = False,
+                 http: str = "auto", proxy_headers: bool = True, forwarded_allow_ips: str | None = None) -> None:
+        self.sockets = list(sockets)
+        self.limits = Limits(header_timeout=header_timeout, max_header_bytes=max_header_bytes, idle_grace=idle_grace)
+        self.config = uvicorn.Config(
+            app, interface="asgi3", lifespan=lifespan, log_config=None, access_log=access_log,
+            timeout_keep_alive=int(keepalive_timeout) if keepalive_timeout >= 1 else 1,
+            limit_concurrency=max_connections or None, http=protocol_class(http),
+            h11_max_incomplete_event_size=max_header_bytes + 1024,
+            proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
+        )
+        self.config.timeout_keep_alive = keepalive_timeout
+        self.config.load()
+        self.state = ServerState()
+        self.lifespan: Any = self.config.lifespan_class(self.config)
+        self.servers: list[asyncio.AbstractServer] = []
+        self._ticker: asyncio.Task[None] | None = None
+        self.started_at = time.monotonic()
+
+    def _protocol(self, _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+        cls: Any = self.config.http_protocol_class
+        proto: asyncio.Protocol = cls(config=self.config, server_state=self.state, app_state=self.lifespan.state,
+                                      _loop=_loop, limits=self.limits)
+        return proto
+
+    async def startup(self) -> None:
+        """Run the app's lifespan startup; raises StartupFailed."""
+        self._refresh_headers()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        capture = _Capture()
+        uv = logging.getLogger("uvicorn.error")
+        uv.addHandler(capture)
+        try:
+            await self.lifespan.startup()
+        finally:
+            uv.removeHandler(capture)
+        if self.lifespan.should_exit:
+            raise StartupFailed("the app's lifespan startup failed", capture.text)
+
+    def _refresh_headers(self) -> None:
+        date = [(b"date", formatdate(time.time(), usegmt=True).encode())] if self.config.date_header else []
+        self.state.default_headers = date + self.config.encoded_headers
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._refresh_headers()
+
+    async def serve_connection(self, sock: socket.socket) -> None:
+        """Serve one already-connected socket (the supervisor's private health channel)."""
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(self._protocol, sock)
+
+    async def go(self) -> None:
+        """Start accepting on the public sockets."""
+        loop = asyncio.get_running_loop()
+        for sock in self.sockets:
+            server = await loop.create_server(self._protocol, sock=sock, backlog=2048)
+            self.servers.append(server)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.state.connections or self.state.tasks)
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting, let in-flight requests finish; True if everything finished within ``timeout``."""
+        self.limits.draining = True
+        # close() closes only this process's copy of each listening socket: the supervisor and the
+        # other generation still hold theirs, so queued connections are not lost.
+        for server in self.servers:
+            server.close()
+        for conn in list(self.state.connections):
+            conn.shutdown()  # ours drain gently; uvicorn's WebSocket protocols close with 1012
+        deadline = time.monotonic() + timeout
+        while self.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.busy:
+            log.error("drain timeout: %d connection(s) and %d request(s) still open after %.1f s",
+                      len(self.state.connections), len(self.state.tasks), timeout)
+            for task in list(self.state.tasks):
+                task.cancel()
+            return False
+        return True
+
+    async def shutdown(self) -> None:
+        """The app's lifespan shutdown, after draining."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await self.lifespan.shutdown()

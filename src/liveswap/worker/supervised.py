@@ -1,0 +1,140 @@
+"""A worker under the liveswap supervisor: the child side of the reload transaction.
+
+    fork (from the template) -> import the app -> lifespan startup -> serve the private health
+    channel -> READY=1 on NOTIFY_SOCKET -> wait for "go" -> accept on the public sockets ->
+    on "drain" (or SIGTERM) stop accepting, finish in-flight requests -> exit 0
+
+The control channel (a socket pair with the supervisor) carries one JSON object per line. If it
+closes, the supervisor is gone and so do we (PR_SET_PDEATHSIG covers a SIGKILLed supervisor too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+from .. import notify
+from .._log import setup_logging
+from ..config import Settings
+from ..errors import AppLoadError
+from ..sockets import inherit_listen_fds
+from .app import load_app
+from .server import StartupFailed, WorkerServer
+
+__all__ = ["EXIT_BOOT_ERROR", "main"]
+
+log = logging.getLogger("liveswap.worker")
+
+EXIT_OK = 0
+EXIT_BOOT_ERROR = 3
+EXIT_ORPHANED = 4
+
+
+def _send(control: socket.socket, **message: Any) -> None:
+    try:
+        control.sendall((json.dumps(message) + "\n").encode())
+    except OSError:
+        pass
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def main() -> int:
+    """Entry point in a freshly forked worker; the environment says everything."""
+    env = os.environ
+    settings = Settings(**json.loads(env["LIVESWAP_SETTINGS"]))
+    generation = env.get("LIVESWAP_GENERATION", "?")
+    setup_logging(settings.log_level, role=f"gen={generation}", access_log=settings.access_log)
+    # Ctrl-C in a terminal signals the whole process group: the supervisor decides, not us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    control = socket.socket(fileno=int(env.pop("LIVESWAP_CONTROL_FD")))
+    health = socket.socket(fileno=int(env.pop("LIVESWAP_HEALTH_FD")))
+    listeners = inherit_listen_fds(env) or []
+    try:
+        app, kind = load_app(settings.app, factory=settings.factory, interface=settings.interface,
+                             app_dir=settings.app_dir)
+    except AppLoadError as exc:
+        log.error("cannot load %s: %s", settings.app, exc)
+        if exc.hint:
+            log.error("hint: %s", exc.hint)
+        _send(control, event="boot_error", error=str(exc), detail=exc.hint or "")
+        return EXIT_BOOT_ERROR
+    except BaseException as exc:  # noqa: BLE001 - anything the app's import raises is a boot error
+        detail = "".join(traceback.format_exception(exc)[-6:]).rstrip()
+        log.error("cannot load %s:\n%s", settings.app, detail)
+        _send(control, event="boot_error", error=f"{type(exc).__name__}: {exc}", detail=detail)
+        return EXIT_BOOT_ERROR
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_serve(app, kind, settings, control, health, [lst.sock for lst in listeners]))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+async def _serve(app: Any, kind: str, settings: Settings, control: socket.socket, health: socket.socket,
+                 sockets: list[socket.socket]) -> int:
+    loop = asyncio.get_running_loop()
+    server = WorkerServer(app, sockets, keepalive_timeout=settings.keepalive_timeout,
+                          header_timeout=settings.header_timeout, max_header_bytes=settings.max_header_bytes,
+                          idle_grace=settings.idle_grace, max_connections=settings.max_connections,
+                          access_log=settings.access_log)
+    try:
+        await server.startup()
+    except StartupFailed as exc:
+        _send(control, event="boot_error", error=str(exc), detail=exc.detail)
+        return EXIT_BOOT_ERROR
+    await server.serve_connection(health)
+    control.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=control)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    notify.notify(READY=1, STATUS=f"{kind} app {settings.app} started")
+    orphaned = False
+
+    async def commands() -> None:
+        nonlocal orphaned
+        while True:
+            line = await reader.readline()
+            if not line:
+                orphaned = True
+                stop.set()
+                return
+            try:
+                cmd = json.loads(line).get("cmd")
+            except (ValueError, AttributeError):
+                continue
+            if cmd == "go":
+                await server.go()
+                writer.write(b'{"event": "live"}\n')
+                await writer.drain()
+            elif cmd == "drain":
+                stop.set()
+                return
+
+    reading = loop.create_task(commands())
+    await stop.wait()
+    if orphaned:
+        log.error("the supervisor is gone; exiting")
+        os._exit(EXIT_ORPHANED)
+    reading.cancel()
+    clean = await server.drain(settings.drain_timeout)
+    await server.shutdown()
+    log.info("drained%s; exiting", "" if clean else " (with requests cut at the drain timeout)")
+    writer.close()
+    return EXIT_OK
