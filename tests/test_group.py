@@ -301,6 +301,7 @@ def test_members_ignoring_the_stop_are_abandoned_at_the_deadline(logs: pytest.Lo
     def stubborn(stop: threading.Event) -> None:
         stubborn_running.set()
         release.wait(DEADLINE)  # ignores `stop` on purpose; the test releases it at the end
+        raise Boom("too late to matter")
 
     async def stubborn_coro() -> None:
         coro_running.set()
@@ -325,12 +326,16 @@ def test_members_ignoring_the_stop_are_abandoned_at_the_deadline(logs: pytest.Lo
         elapsed = run(group, main)
     finally:
         release.set()
+    (abandoned,) = [t for t in threading.enumerate() if t.name == "liveswap.group:stubborn"]
+    abandoned.join(DEADLINE)
 
     assert timeout * 0.8 <= elapsed < timeout + RECANCEL_GRACE + 2.0, elapsed
     assert cancels_seen == ["first", "second"]
     warnings = messages(logs, logging.WARNING)
     assert "member 'stubborn' did not stop within 0.5 s; abandoning its thread" in warnings
     assert "member 'stubborn_coro' did not stop within 0.5 s; cancelling it again" in warnings
+    # Its loop is closed by now, so the abandoned thread's late error is logged from the thread itself.
+    assert "member 'stubborn' raised after its group finished" in messages(logs, logging.ERROR)
 
 
 @pytest.mark.timeout(20)

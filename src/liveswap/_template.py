@@ -153,6 +153,9 @@ def main() -> None:
     started = time.perf_counter()
     # Everything a worker needs before it imports the app; never the app itself.
     import liveswap.worker.supervised  # noqa: F401
+    from liveswap.worker.server import warm_up
+
+    warm_up()
 
     preload_errors = []
     for name in json.loads(os.environ.pop("LIVESWAP_PRELOAD", "[]")):

@@ -228,14 +228,15 @@ class DebugApp:
             response = _Response(200, json.dumps(doc).encode("utf-8"), JSON)
             response.headers.append(("content-disposition", "attachment; filename=profile.speedscope.json"))
             return response
-        subtitle = (f"{prof.ticks} samples of every thread, one every {prof.interval * 1000:g} ms (wall clock: "
-                    "waiting threads are included); hover a frame for details")
+        subtitle = (f"all threads sampled {prof.ticks} times, every {prof.interval * 1000:g} ms (wall clock: "
+                    "waiting threads count too); hover a frame for details")
         svg = to_flamegraph_svg(prof.collapsed, f"CPU profile: {name}", locations=prof.locations, subtitle=subtitle)
         return _text(svg, content_type="image/svg+xml; charset=utf-8")
 
     async def _heap_top(self, req: _Request) -> _Response:
         limit = int(_number(req, "top", 25, 1, 1000))
-        group_by: heap.GroupBy = "traceback" if _choice(req, "group_by", ("lineno", "traceback")) == "traceback" else "lineno"
+        by_traceback = _choice(req, "group_by", ("lineno", "traceback")) == "traceback"
+        group_by: heap.GroupBy = "traceback" if by_traceback else "lineno"
         fmt = _choice(req, "format", ("text", "json"))
         try:
             result = await asyncio.to_thread(heap.top, limit, group_by)

@@ -93,7 +93,7 @@ def to_flamegraph_svg(
         f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{_WIDTH:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {_WIDTH:.0f} {height:.0f}" font-family="monospace" font-size="{_FONT:.0f}">',
         f"<title>{escape(title)}</title>",
-        f'<rect x="0" y="0" width="100%" height="100%" fill="rgb(250,250,240)"/>',
+        '<rect x="0" y="0" width="100%" height="100%" fill="rgb(250,250,240)"/>',
         f'<text x="{_WIDTH / 2:.0f}" y="22" text-anchor="middle" font-size="16">{escape(title)}</text>',
     ]
     sub = subtitle or f"{total} samples; hover a frame for its file, line and share"
@@ -134,9 +134,9 @@ def to_flamegraph_svg(
             child = node.children[name]
             todo.append((child, level + 1, child_x))
             child_x += child.count * scale
-    footer = f"{total} samples, {len(collapsed)} distinct stacks"
+    footer = f"{total} thread samples, {len(collapsed)} distinct stacks"
     if hidden:
-        footer += f", {hidden} frames too narrow to draw"
+        footer += f"; {hidden} frames (with their callees) too narrow to draw"
     out.append(f'<text x="{_PAD:.0f}" y="{height - 8:.0f}" fill="rgb(90,90,90)">{escape(footer)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

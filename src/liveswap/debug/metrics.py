@@ -127,6 +127,10 @@ def merge_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Sum counters, histograms and in-flight across processes; keep each process's gauges (by pid)."""
     if not snapshots:
         return Metrics().snapshot() | {"pids": [], "gauges": {}}
+    for snap in snapshots:
+        if snap.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"not a liveswap metrics snapshot (format {snap.get('format')!r}, "
+                             f"expected {SNAPSHOT_FORMAT!r}); pass the dicts returned by Metrics.snapshot()")
     buckets = snapshots[0]["buckets"]
     requests: dict[tuple[str, str], int] = {}
     cumulative = [0] * (len(buckets) + 1)
@@ -135,9 +139,6 @@ def merge_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     pids: list[int] = []
     gauges: dict[str, dict[str, Any]] = {}
     for snap in snapshots:
-        if snap.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"not a liveswap metrics snapshot (format {snap.get('format')!r}, "
-                             f"expected {SNAPSHOT_FORMAT!r}); pass the dicts returned by Metrics.snapshot()")
         if snap["buckets"] != buckets:
             raise ValueError(f"cannot merge histograms with different buckets: {snap['buckets']} vs {buckets}; "
                              "create every process's Metrics with the same buckets")
@@ -189,8 +190,8 @@ def render_prometheus(snapshot: dict[str, Any]) -> str:
     """The snapshot in Prometheus text exposition format 0.0.4 (``text/plain; version=0.0.4``)."""
     lines: list[str] = []
 
-    def family(name: str, kind: str, help: str) -> None:
-        lines.append(f"# HELP {PREFIX}{name} {_help(help)}")
+    def family(name: str, kind: str, description: str) -> None:
+        lines.append(f"# HELP {PREFIX}{name} {_help(description)}")
         lines.append(f"# TYPE {PREFIX}{name} {kind}")
 
     family("http_requests_total", "counter", "HTTP requests finished, by method and status class.")

@@ -142,3 +142,20 @@ class WorkerServer:
         if self._ticker is not None:
             self._ticker.cancel()
         await self.lifespan.shutdown()
+
+
+def warm_up() -> None:
+    """Import everything a worker imports lazily (protocols, websockets, lifespan, a2wsgi, uvloop),
+    so that the template process has it all before it forks."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    WorkerServer(app, [])
+    import importlib
+
+    for name in ("a2wsgi", "uvloop", "httptools"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
