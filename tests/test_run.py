@@ -144,26 +144,13 @@ def test_sigterm_drains_and_exits_zero(liveswap) -> None:  # type: ignore[no-unt
     t = threading.Thread(target=slow)
     t.start()
     mark = inst.mark()
-    # In flight once its connection is established (it then sits in a worker's asyncio.sleep for 1 s).
-    wait_until(lambda: _in_flight(inst) > 0, 10, "the slow request to reach a worker")
+    inst.wait_for(r"slow request started", start=0)
     inst.proc.send_signal(signal.SIGTERM)
     assert inst.wait_exit(30) == 0
     t.join(10)
     r = result["r"]
     assert isinstance(r, httpx.Response) and r.status_code == 200 and r.text.startswith("slow")
     assert "stopped" in inst.output().split("\n", mark)[-1]
-
-
-def _in_flight(inst) -> int:  # type: ignore[no-untyped-def]
-    # Count established connections to the port from /proc/net/tcp (no extra tooling).
-    port_hex = f"{inst.port:04X}"
-    n = 0
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            parts = line.split()
-            if parts[1].endswith(":" + port_hex) and parts[3] == "01":
-                n += 1
-    return n
 
 
 def test_liveswap_stop_command(liveswap) -> None:  # type: ignore[no-untyped-def]
@@ -246,10 +233,11 @@ def test_systemd_socket_activation(tmp_path) -> None:  # type: ignore[no-untyped
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
     env = dict(os.environ, LIVESWAP_TEST_STATE=str(state), XDG_RUNTIME_DIR=str(runtime))
-    proc = subprocess.Popen(["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", "LIVESWAP_TEST_STATE",
-                             "-E", "XDG_RUNTIME_DIR", "-E", "PYTHONPATH", "-E", "PATH", sys.executable, "-m", "liveswap",
-                             "run", "versioned:app", "--app-dir", str(APPS), "--name", "sockact"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    cmd = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", "LIVESWAP_TEST_STATE", "-E", "XDG_RUNTIME_DIR",
+           "-E", "PYTHONPATH", "-E", "PATH", sys.executable, "-m", "liveswap", "run", "versioned:app", "--app-dir",
+           str(APPS), "--name", "sockact"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
         # Socket activation: the connection waits in the activator's queue until liveswap serves it.
         r = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)

@@ -33,7 +33,10 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 def runtime_dir(create: bool = True) -> Path:
     """Our per-user directory, checked to be ours and private."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(xdg) / "liveswap" if xdg and os.path.isdir(xdg) else Path(tempfile.gettempdir()) / f"liveswap-{os.getuid()}"
+    if xdg and os.path.isdir(xdg):
+        base = Path(xdg) / "liveswap"
+    else:
+        base = Path(tempfile.gettempdir()) / f"liveswap-{os.getuid()}"
     if create:
         try:
             base.mkdir(mode=0o700, exist_ok=True)
@@ -44,7 +47,7 @@ def runtime_dir(create: bool = True) -> Path:
         st = base.lstat()
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
             raise ControlError(f"{base} is not a private directory owned by uid {os.getuid()}",
-                               hint=f"remove it (it may have been planted by another user) or set XDG_RUNTIME_DIR")
+                               hint="remove it (it may have been planted by another user) or set XDG_RUNTIME_DIR")
     return base
 
 

@@ -81,7 +81,7 @@ class NotifyReceiver:
 
     def receive(self) -> list[tuple[int, dict[str, str]]]:
         """Every pending message as (sender pid, fields); never blocks."""
-        out = []
+        out: list[tuple[int, dict[str, str]]] = []
         while True:
             try:
                 data, ancdata, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(_UCRED.size))

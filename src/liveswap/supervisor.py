@@ -221,7 +221,7 @@ class Supervisor:
             finally:
                 control_child.close()
                 health_child.close()
-        except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             worker.state = WorkerState.DEAD
             control.close()
             health.close()
@@ -239,7 +239,7 @@ class Supervisor:
             status = await asyncio.wait_for(self._health_check(worker), max(0.0, deadline - loop.time()))
             if status >= 500:
                 raise BootFailed(f"health check GET {self.settings.health_path} answered {status}")
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             self._kill(worker)
             raise BootFailed(f"{worker.describe()} was not ready and healthy within "
                              f"{self.settings.boot_timeout:g} s (--boot-timeout)") from None
@@ -253,7 +253,8 @@ class Supervisor:
 
     async def _await_ready(self, worker: Worker, reading: asyncio.Task[None], deadline: float) -> None:
         loop = asyncio.get_running_loop()
-        done, _ = await asyncio.wait([worker.ready, worker.exited], timeout=max(0.0, deadline - loop.time()),
+        waits: list[asyncio.Future[Any]] = [worker.ready, worker.exited]
+        done, _ = await asyncio.wait(waits, timeout=max(0.0, deadline - loop.time()),
                                      return_when=asyncio.FIRST_COMPLETED)
         if worker.ready in done:
             return

@@ -60,6 +60,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         status, body = 503, b"unhealthy\n"
     elif path == "/slow":
         seconds = float(dict(p.split("=") for p in scope["query_string"].decode().split("&") if "=" in p).get("s", 1))
+        print(f"slow request started in pid {os.getpid()}", flush=True)
         await asyncio.sleep(seconds)
         status, body = 200, f"slow {VERSION}\n".encode()
     elif scope["method"] == "POST":

@@ -63,7 +63,11 @@ def detect_interface(app: Any) -> str:
     """``asgi`` or ``wsgi``: an ASGI 3 app is an ``async def app(scope, receive, send)``
     (or an object whose ``__call__`` is one); anything else callable with two positional
     parameters is WSGI."""
-    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)
+    call: Any
+    if inspect.isfunction(app) or inspect.ismethod(app):
+        call = app
+    else:  # an instance: its bound __call__, so that ``self`` is not counted below
+        call = app.__call__ if callable(app) else None
     if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(app):
         return "asgi"
     if call is None:

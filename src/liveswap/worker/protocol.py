@@ -18,6 +18,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+HttpToolsProtocol: Any
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # httptools not installed: h11 only
@@ -57,7 +58,7 @@ class _Guard:
     _header_timer: asyncio.TimerHandle | None
     _idle_timer: asyncio.TimerHandle | None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._in_headers = True
         self._header_bytes = 0

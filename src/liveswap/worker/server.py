@@ -51,7 +51,7 @@ class _Capture(logging.Handler):
 class WorkerServer:
     """Serves an ASGI 3 app with uvicorn's protocols on given listening sockets."""
 
-    def __init__(self, app: Callable[..., Any], sockets: Sequence[socket.socket], *, lifespan: str = "auto",
+    def __init__(self, app: Callable[..., Any], sockets: Sequence[socket.socket], *, lifespan: Any = "auto",
                  keepalive_timeout: float = 5.0, header_timeout: float = 10.0, max_header_bytes: int = 65536,
                  idle_grace: float = 1.0, max_connections: int = 0, access_log: bool = False,
                  http: str = "auto", proxy_headers: bool = True, forwarded_allow_ips: str | None = None) -> None:
@@ -64,7 +64,7 @@ class WorkerServer:
             h11_max_incomplete_event_size=max_header_bytes + 1024,
             proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
         )
-        self.config.timeout_keep_alive = keepalive_timeout
+        self.config.timeout_keep_alive = keepalive_timeout  # type: ignore[assignment]  # a float works
         self.config.load()
         self.state = ServerState()
         self.lifespan: Any = self.config.lifespan_class(self.config)
