@@ -13,6 +13,7 @@ either as ``ok`` or under one failure class.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -235,7 +236,8 @@ class _Stats:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.res = Result(started=time.monotonic())
-        self.ready = 0
+        self.ready = 0  # slots that finished a first attempt (or ended without one)
+        self.running = 0  # slot threads not yet finished
         self.finished_at: float | None = None
 
     def record(self, kind: str | None, message: str, resp: _Response | None, latency: float) -> None:
@@ -264,14 +266,16 @@ class _Stats:
         with self.cond:
             r = self.res
             end = self.finished_at if self.finished_at is not None else time.monotonic()
-            return Result(
-                total=r.total, ok=r.ok, failures=dict(r.failures),
+            return dataclasses.replace(  # copy every mutable field: the caller may keep it
+                r,
+                failures=dict(r.failures),
                 examples={k: list(v) for k, v in r.examples.items()},
-                versions=list(r.versions), version_counts=dict(r.version_counts),
-                pids=list(r.pids), pid_counts=dict(r.pid_counts), statuses=dict(r.statuses),
-                connections=r.connections, idle_closes=r.idle_closes, server_closes=r.server_closes,
-                verified=r.verified, max_latency=r.max_latency, started=r.started,
-                duration=end - r.started, unjoined_threads=r.unjoined_threads,
+                versions=list(r.versions),
+                version_counts=dict(r.version_counts),
+                pids=list(r.pids),
+                pid_counts=dict(r.pid_counts),
+                statuses=dict(r.statuses),
+                duration=end - r.started,
             )
 
 
@@ -347,6 +351,7 @@ class LoadClient:
         if self._threads:
             raise RuntimeError("LoadClient.start() called twice; create a new LoadClient per run")
         self._stats = _Stats()
+        self._stats.running = self.concurrency
         for slot in range(self.concurrency):
             t = threading.Thread(target=self._run, args=(slot,), name=f"loadclient-{slot}", daemon=True)
             self._threads.append(t)
@@ -365,17 +370,24 @@ class LoadClient:
         return self._stats.snapshot()
 
     def wait_for(self, predicate: Callable[[Result], bool], timeout: float) -> Result:
-        """Block until ``predicate(snapshot)`` is true (checked after every attempt); TimeoutError otherwise."""
+        """Block until ``predicate(result)`` holds (checked after every attempt); return a snapshot.
+
+        The predicate sees the live counters under the lock (no copy per check, to keep CPU
+        low), so it must be quick and must not keep the object. Raises TimeoutError, with the
+        summary, at the deadline or as soon as every slot has finished (``max_requests``).
+        """
         deadline = time.monotonic() + timeout
-        with self._stats.cond:
+        stats = self._stats
+        with stats.cond:
             while True:
-                snap = self._stats.snapshot()
-                if predicate(snap):
-                    return snap
+                stats.res.duration = time.monotonic() - stats.res.started
+                if predicate(stats.res):
+                    return stats.snapshot()
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"load client: condition not met within {timeout:.1f}s\n{snap.summary()}")
-                self._stats.cond.wait(remaining)
+                if remaining <= 0 or (self._threads and stats.running == 0):
+                    why = f"within {timeout:.1f}s" if remaining <= 0 else "and every slot has finished"
+                    raise TimeoutError(f"load client: condition not met {why}\n{stats.snapshot().summary()}")
+                stats.cond.wait(remaining)
 
     def stop(self) -> Result:
         """Stop the slots, letting in-flight attempts finish (each is bounded by ``timeout``)."""
@@ -431,8 +443,10 @@ class LoadClient:
             raise
         finally:
             st.close()
-            if not ready:
-                self._mark_ready()
+            with self._stats.cond:
+                self._stats.ready += 0 if ready else 1
+                self._stats.running -= 1
+                self._stats.cond.notify_all()
 
     def _attempt(self, st: _Slot) -> None:
         t0 = time.monotonic()

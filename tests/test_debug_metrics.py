@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from liveswap.debug.metrics import (
 
 pytestmark = pytest.mark.timeout(30)
 
-Message = dict[str, Any]
+Message = MutableMapping[str, Any]
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{[^}]*\})? (?P<value>\S+)$")
 
 
@@ -46,7 +47,7 @@ def parse_exposition(text: str) -> dict[str, float]:
     return samples
 
 
-async def demo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def demo_app(scope: Message, receive: Any, send: Any) -> None:
     path = scope["path"]
     if path == "/boom":
         raise RuntimeError("the app failed")
@@ -108,7 +109,7 @@ def test_in_flight_counts_the_running_request() -> None:
     metrics = Metrics()
     seen: list[int] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Message, receive: Any, send: Any) -> None:
         seen.append(metrics.snapshot()["in_flight"])
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
@@ -123,7 +124,7 @@ def test_non_http_scopes_pass_through_untouched(scope_type: str) -> None:
     metrics = Metrics()
     received: list[tuple[Any, Any, Any]] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Message, receive: Any, send: Any) -> None:
         received.append((scope, receive, send))
 
     async def receive() -> Message:

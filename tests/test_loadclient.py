@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import select
 import socket
@@ -79,10 +80,8 @@ class TinyServer:
             self._closing = True
             conns, threads = list(self._conns), list(self._threads)
         for c in conns:
-            try:
+            with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)  # wakes a handler blocked in recv()
-            except OSError:
-                pass
         for t in threads:
             t.join(5)
         assert not self._acceptor.is_alive() and not any(t.is_alive() for t in threads)
@@ -395,6 +394,14 @@ def test_max_requests_is_exact_and_handshake_survives_small_budgets(servers: Cal
     for budget in (0, 3, 57):
         res = run(srv.port, lambda r, b=budget: r.total >= b, concurrency=8, max_requests=budget)
         assert res.total == res.ok == budget, res.summary()
+
+    lc = LoadClient(port=srv.port, concurrency=2, max_requests=5)
+    lc.start()
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="every slot has finished"):
+        lc.wait_for(lambda r: r.total > 5, timeout=20)  # never true: must not wait the full 20 s
+    assert time.monotonic() - t0 < 10
+    assert lc.stop().total == 5
 
 
 @pytest.mark.timeout(30)

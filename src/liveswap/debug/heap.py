@@ -11,6 +11,7 @@ started: start it, let the suspected leak grow for a while, then look at ``top()
 
 from __future__ import annotations
 
+import linecache
 import os
 import time
 import tracemalloc
@@ -83,7 +84,7 @@ def top(limit: int = 25, group_by: GroupBy = "lineno") -> dict[str, Any]:
     total_count = sum(s.count for s in stats)
     sites = []
     for stat in stats[:limit]:
-        frames = [{"file": f.filename, "line": f.lineno} for f in reversed(stat.traceback)]  # outermost first
+        frames = [{"file": f.filename, "line": f.lineno} for f in stat.traceback]  # oldest (outermost) first
         sites.append({"size": stat.size, "count": stat.count, "frames": frames})
     return {
         "pid": os.getpid(),
@@ -117,9 +118,14 @@ def format_top_text(result: dict[str, Any]) -> str:
     ]
     for rank, site in enumerate(result["top"], 1):
         frames = site["frames"]
-        leaf = frames[-1] if frames else {"file": "?", "line": 0}
+        leaf: dict[str, Any] = frames[-1] if frames else {"file": "?", "line": 0}
         out.append(f"#{rank}: {leaf['file']}:{leaf['line']}: {_size(site['size'])} in {site['count']} blocks")
+        source = linecache.getline(leaf["file"], leaf["line"]).strip()
+        if source:
+            out.append(f"    {source}")
         if len(frames) > 1:
+            out.append("  allocated from (outermost first):")
             for f in frames:
                 out.append(f'    File "{f["file"]}", line {f["line"]}')
+        out.append("")
     return "\n".join(out) + "\n"
