@@ -583,3 +583,4 @@ class _Slot:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        self.nreq = 0

@@ -15,6 +15,11 @@ from .errors import (
     ReloadFailed,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .group import Group
+    from .serve import serve
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -22,8 +27,24 @@ __all__ = [
     "BindError",
     "ConfigError",
     "ControlError",
+    "Group",
     "LiveswapError",
     "NoInstanceError",
     "ReloadFailed",
     "__version__",
+    "serve",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # serve and Group import uvicorn: load them on first use, so that the supervisor and the
+    # control commands (liveswap reload/status/stop) stay small and start fast.
+    if name == "serve":
+        from .serve import serve
+
+        return serve
+    if name == "Group":
+        from .group import Group
+
+        return Group
+    raise AttributeError(f"module 'liveswap' has no attribute {name!r}")

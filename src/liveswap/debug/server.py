@@ -92,8 +92,11 @@ class DebugServer:
         self._error: BaseException | None = None
         self._unix_inode: tuple[int, int] | None = None
         if sock.family == socket.AF_UNIX and self.address.startswith("unix:/"):
-            st = os.stat(self.address[len("unix:"):])
-            self._unix_inode = (st.st_dev, st.st_ino)
+            try:  # remembered so that stop() removes our socket file, never a successor's
+                st = os.stat(self.address[len("unix:"):])
+                self._unix_inode = (st.st_dev, st.st_ino)
+            except OSError:
+                pass
 
     @property
     def url(self) -> str | None:

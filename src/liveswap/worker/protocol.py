@@ -160,3 +160,27 @@ def protocol_class(name: str = "auto") -> type[asyncio.Protocol]:
     if name == "httptools":
         raise RuntimeError("httptools is not installed; pip install httptools, or use h11")
     return GuardedH11Protocol
+
+
+class HeaderLimit:
+    """ASGI guard: 431 for a request whose line plus headers exceed the limit.
+
+    The protocol cuts off headers that are still arriving past the limit; this catches the case
+    where the whole oversized head arrived in one read and was parsed at once.
+    """
+
+    def __init__(self, app: Any, max_header_bytes: int) -> None:
+        self.app = app
+        self.max = max_header_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + 16
+            for name, value in scope["headers"]:
+                size += len(name) + len(value) + 4
+            if size > self.max:
+                await send({"type": "http.response.start", "status": 431,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": b"Request header fields too large.\n"})
+                return
+        await self.app(scope, receive, send)

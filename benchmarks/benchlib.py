@@ -1,0 +1,431 @@
+"""Helpers for the benchmarks: the servers under test, loopback HTTP probes, wrk, /proc.
+
+Everything here is bounded in time and targets 127.0.0.1 only. Every server is started in its own
+session (its own process group) and stopped by that group id, so nothing else is ever signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+APP_SOURCE = HERE / "apps" / "bench_app.py"
+RESULTS = HERE / "results"
+BIN = Path(sys.executable).parent  # the venv's bin: liveswap, gunicorn, uvicorn
+HOST = "127.0.0.1"
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# ---- small utilities ----------------------------------------------------------------------------
+def free_port() -> int:
+    """A port that was free a moment ago. The servers under test bind their own sockets, as their
+    users run them, so we cannot hand them a bound socket; the race is accepted (loopback only)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    if n == 0:
+        return float("nan")
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def percentile(xs: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    s = sorted(xs)
+    if not s:
+        return float("nan")
+    k = max(0, min(len(s) - 1, int(-(-p * len(s) // 100)) - 1))
+    return s[k]
+
+
+def rss_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of a process, in kB."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of pid (all threads)."""
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.extend(int(x) for x in f.read().split())
+        except FileNotFoundError:
+            pass
+    return kids
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except FileNotFoundError:
+        return ""
+
+
+def machine_info() -> dict[str, Any]:
+    def version(dist: str) -> str:
+        try:
+            from importlib.metadata import version as v
+
+            return v(dist)
+        except Exception:  # noqa: BLE001 - informational only
+            return "?"
+
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10)
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "liveswap": version("liveswap"),
+        "uvicorn": version("uvicorn"),
+        "gunicorn": version("gunicorn"),
+        "uvloop": version("uvloop"),
+        "httptools": version("httptools"),
+        "wrk": (wrk.stdout + wrk.stderr).splitlines()[0].strip() if (wrk.stdout + wrk.stderr) else "?",
+        "git_commit": commit,
+        "loadavg_start": open("/proc/loadavg").read().split()[:3],
+    }
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+# ---- HTTP probes ----------------------------------------------------------------------------------
+_VERSION_RE = re.compile(rb"\r\nx-app-version:\s*([^\r]*)\r\n", re.I)
+
+
+def probe(port: int, timeout: float = 2.0) -> tuple[int, str]:
+    """One GET on a fresh loopback connection: (status, x-app-version). Raises OSError on failure."""
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        buf = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+    if not buf.startswith(b"HTTP/1."):
+        raise ConnectionError(f"no HTTP response ({len(buf)} bytes)")
+    status = int(buf[9:12])
+    m = _VERSION_RE.search(buf)
+    return status, (m.group(1).decode() if m else "")
+
+
+def wait_for_version(port: int, version: str | None, deadline: float, interval: float = 0.001,
+                     errors: list[str] | None = None) -> float:
+    """Poll with fresh connections every ``interval`` until a 200 carries ``version`` (any version if
+    None); returns perf_counter() at that response. Failed probes are appended to ``errors``."""
+    while True:
+        try:
+            status, got = probe(port)
+            if status == 200 and (version is None or got == version):
+                return time.perf_counter()
+        except OSError as exc:
+            if errors is not None:
+                errors.append(type(exc).__name__)
+        if time.perf_counter() > deadline:
+            raise BenchError(f"port {port}: version {version!r} not served before the deadline")
+        time.sleep(interval)
+
+
+# ---- wrk -------------------------------------------------------------------------------------------
+@dataclass
+class WrkResult:
+    requests: int = 0
+    rps: float = 0.0
+    connect: int = 0
+    read: int = 0
+    write: int = 0
+    timeout: int = 0
+    non2xx: int = 0
+    latency_avg: str = ""
+    raw: str = ""
+
+    @property
+    def failures(self) -> int:
+        return self.connect + self.read + self.write + self.timeout + self.non2xx
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "raw"}
+        d["failures"] = self.failures
+        return d
+
+
+def parse_wrk(out: str) -> WrkResult:
+    r = WrkResult(raw=out)
+    m = re.search(r"(\d+) requests in", out)
+    if not m:
+        raise BenchError(f"cannot parse wrk output:\n{out}")
+    r.requests = int(m.group(1))
+    m = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    r.rps = float(m.group(1)) if m else 0.0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        r.connect, r.read, r.write, r.timeout = (int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        r.non2xx = int(m.group(1))
+    m = re.search(r"Latency\s+(\S+)", out)
+    r.latency_avg = m.group(1) if m else ""
+    return r
+
+
+def wrk_start(port: int, duration: float, threads: int, conns: int, close: bool) -> subprocess.Popen[str]:
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "2s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://{HOST}:{port}/")
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def wrk_finish(proc: subprocess.Popen[str], duration: float) -> WrkResult:
+    try:
+        out, _ = proc.communicate(timeout=duration + 30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        raise BenchError("wrk did not finish in time") from None
+    return parse_wrk(out)
+
+
+def run_wrk(port: int, duration: float, threads: int = 2, conns: int = 32, close: bool = False) -> WrkResult:
+    return wrk_finish(wrk_start(port, duration, threads, conns, close), duration)
+
+
+# ---- the servers under test ------------------------------------------------------------------------
+@dataclass
+class Server:
+    """One server process under test, with its own app directory, version file and log file.
+
+    kind: liveswap | gunicorn-uvicorn | gunicorn-sync | uvicorn-reload | uvicorn
+    """
+
+    kind: str
+    workers: int = 2
+    port: int = 0
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="liveswap-bench-")))
+    proc: subprocess.Popen[bytes] | None = None
+    version: int = 0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        os.chmod(self.tmp, 0o700)
+        self.app_dir = self.tmp / "app"
+        self.app_dir.mkdir()
+        self.runtime = self.tmp / "run"  # XDG_RUNTIME_DIR for liveswap's control socket
+        self.runtime.mkdir(mode=0o700)
+        self.version_file = self.app_dir / "VERSION"
+        self.app_file = self.app_dir / "bench_app.py"
+        shutil.copyfile(APP_SOURCE, self.app_file)
+        self.log_path = self.tmp / "server.log"
+        self.name = self.name or f"bench-{os.getpid()}-{self.tmp.name[-6:]}"
+        self.set_version(1)
+
+    # -- version --
+    def set_version(self, v: int) -> None:
+        self.version = v
+        tmp = self.version_file.with_suffix(".tmp")
+        tmp.write_text(f"{v}\n")
+        os.replace(tmp, self.version_file)
+
+    def touch_app(self) -> None:
+        """Rewrite the app file (new content, so any watcher sees a real change)."""
+        source = APP_SOURCE.read_text() + f"# bench version {self.version}\n"
+        self.app_file.write_text(source)
+
+    # -- process --
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["BENCH_VERSION_FILE"] = str(self.version_file)
+        env["XDG_RUNTIME_DIR"] = str(self.runtime)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # the app file changes; keep every server on equal terms
+        env.pop("LISTEN_FDS", None)
+        env.pop("LISTEN_PID", None)
+        env.pop("NOTIFY_SOCKET", None)
+        return env
+
+    def argv(self) -> list[str]:
+        addr = f"{HOST}:{self.port}"
+        w = str(self.workers)
+        if self.kind == "liveswap":
+            return [str(BIN / "liveswap"), "run", "bench_app:app", "--bind", addr, "--workers", w,
+                    "--name", self.name, "--app-dir", str(self.app_dir)]
+        if self.kind == "gunicorn-uvicorn":
+            return [str(BIN / "gunicorn"), "bench_app:app", "-k", "uvicorn.workers.UvicornWorker", "-w", w,
+                    "-b", addr, "--chdir", str(self.app_dir), "--log-level", "info"]
+        if self.kind == "gunicorn-sync":
+            return [str(BIN / "gunicorn"), "bench_app:wsgi_app", "-k", "sync", "-w", w, "-b", addr,
+                    "--chdir", str(self.app_dir), "--log-level", "info"]
+        if self.kind == "uvicorn-reload":
+            return [str(BIN / "uvicorn"), "bench_app:app", "--host", HOST, "--port", str(self.port),
+                    "--app-dir", str(self.app_dir), "--reload", "--reload-dir", str(self.app_dir),
+                    "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "info"]
+        if self.kind == "uvicorn":
+            return [str(BIN / "uvicorn"), "bench_app:app", "--host", HOST, "--port", str(self.port),
+                    "--app-dir", str(self.app_dir), "--workers", w, "--loop", "uvloop", "--http", "httptools",
+                    "--no-access-log", "--log-level", "warning"]
+        raise ValueError(self.kind)
+
+    def start(self, deadline_s: float = 60.0) -> float:
+        """Start and wait for the first 200; returns seconds from exec to that response."""
+        self.port = free_port()
+        log = open(self.log_path, "ab")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(self.argv(), env=self.env(), cwd=self.app_dir, stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        try:
+            t1 = self._wait_up(time.perf_counter() + deadline_s)
+        except BenchError:
+            self.stop()
+            raise
+        return t1 - t0
+
+    def _wait_up(self, deadline: float) -> float:
+        assert self.proc is not None
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.kind} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                status, _ = probe(self.port, timeout=1.0)
+                if status == 200:
+                    return time.perf_counter()
+            except OSError:
+                pass
+            if time.perf_counter() > deadline:
+                raise BenchError(f"{self.kind} not answering on port {self.port}:\n{self.log_tail()}")
+            time.sleep(0.001)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM to our process group, SIGKILL to it after ``timeout``. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                print(f"  ! {self.kind}: SIGTERM, waited {timeout:.0f} s, sending SIGKILL to group {self.proc.pid}")
+        # The group may still hold workers (a draining worker, a reloader child): kill what is left.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    # -- reloads --
+    def trigger_reload(self) -> None:
+        """Send the server's own reload command (the file write for uvicorn --reload)."""
+        if self.kind == "uvicorn-reload":
+            self.touch_app()
+        else:
+            os.kill(self.pid, signal.SIGHUP)
+
+    def liveswap_cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "liveswap"), *args, "--name", self.name], env=self.env(),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def liveswap_status(self) -> dict[str, Any]:
+        r = self.liveswap_cli("status", "--json", timeout=30)
+        if r.returncode != 0:
+            raise BenchError(f"liveswap status failed: {r.stdout}{r.stderr}")
+        data: dict[str, Any] = json.loads(r.stdout)
+        return data
+
+    def reloads_done(self) -> int:
+        """Reloads that completed, counted the server's own way."""
+        text = self.log_text()
+        if self.kind == "liveswap":
+            return int(self.liveswap_status()["reloads_ok"])
+        if self.kind.startswith("gunicorn"):
+            booted = len(re.findall(r"Booting worker with pid", text))
+            return max(0, booted - self.workers) // self.workers
+        if self.kind == "uvicorn-reload":
+            return max(0, len(re.findall(r"Started server process", text)) - 1)
+        return 0
+
+    def settled(self) -> bool:
+        """No reload in flight: exactly the steady-state set of children (old workers gone)."""
+        kids = children(self.pid)
+        if self.kind == "liveswap":
+            return len(kids) == self.workers + 1  # the template and the live workers
+        if self.kind.startswith("gunicorn"):
+            return len(kids) == self.workers
+        return len(kids) >= 1
+
+    def wait_settled(self, deadline: float) -> None:
+        while not self.settled():
+            if time.perf_counter() > deadline:
+                raise BenchError(f"{self.kind} did not settle: children {children(self.pid)}\n{self.log_tail()}")
+            time.sleep(0.005)
