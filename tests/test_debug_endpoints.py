@@ -350,7 +350,7 @@ def test_unknown_paths_list_the_endpoints(debug: Running) -> None:
 
 def test_wrong_method_and_head(debug: Running) -> None:
     response = debug.client.post("/stacks")
-    assert response.status_code == 405 and response.headers["allow"] == "GET"
+    assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD"
     head = debug.client.head("/stats")
     assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) > 0
 

@@ -183,9 +183,8 @@ class DebugApp:
         if route is None:
             listing = "\n".join(f"  {r.example:<40} {r.summary}" for r in _ROUTES)
             raise _HTTPError(404, f"no debug endpoint at {req.path}; the endpoints are:\n{listing}")
-        method = "GET" if req.method == "HEAD" else req.method
-        if method not in route.methods:
-            response = _text(f"405 {req.path} accepts {' or '.join(route.methods)}, not {req.method}\n", 405)
+        if req.method not in route.methods:
+            response = _text(f"405 {req.path} accepts {', '.join(route.methods)}, not {req.method}\n", 405)
             response.headers.append(("allow", ", ".join(route.methods)))
             return response
         return await route.handler(self, req)
@@ -276,8 +275,8 @@ class DebugApp:
         return _text(render_prometheus(snapshot), content_type=PROMETHEUS)
 
 
-_GET = ("GET",)
-_BOTH = ("GET", "POST")
+_GET = ("GET", "HEAD")
+_BOTH = ("GET", "HEAD", "POST")
 _ROUTES = (
     _Route("/", _GET, DebugApp._index, "/", "this page"),
     _Route("/stacks", _GET, DebugApp._stacks, "/stacks",

@@ -49,6 +49,8 @@ class _Guard:
     """The mixin. Relies on uvicorn's attributes: transport, cycle, loop, connections."""
 
     limits: Limits
+    scope: Any
+    _app: Any
     transport: asyncio.Transport
     cycle: Any
     loop: asyncio.AbstractEventLoop
@@ -138,6 +140,28 @@ class _Guard:
     def shutdown(self) -> None:
         self.drain()
 
+    # uvicorn reads ``self.app`` once per request, right after parsing its head, to start it: the
+    # place to refuse a head that arrived whole in one read but is over the limit.
+    @property
+    def app(self) -> Any:
+        size = len(self.scope.get("raw_path", b"")) + len(self.scope.get("query_string", b"")) + 16
+        for name, value in self.scope["headers"]:
+            size += len(name) + len(value) + 4
+        if size > self.limits.max_header_bytes:
+            self.limits.oversized_headers += 1
+            return _reject_431
+        return self._app
+
+    @app.setter
+    def app(self, value: Any) -> None:
+        self._app = value
+
+
+async def _reject_431(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 431,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": b"Request header fields too large.\n"})
+
 
 class GuardedH11Protocol(_Guard, H11Protocol):  # type: ignore[misc]
     def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
@@ -161,26 +185,3 @@ def protocol_class(name: str = "auto") -> type[asyncio.Protocol]:
         raise RuntimeError("httptools is not installed; pip install httptools, or use h11")
     return GuardedH11Protocol
 
-
-class HeaderLimit:
-    """ASGI guard: 431 for a request whose line plus headers exceed the limit.
-
-    The protocol cuts off headers that are still arriving past the limit; this catches the case
-    where the whole oversized head arrived in one read and was parsed at once.
-    """
-
-    def __init__(self, app: Any, max_header_bytes: int) -> None:
-        self.app = app
-        self.max = max_header_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            size = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + 16
-            for name, value in scope["headers"]:
-                size += len(name) + len(value) + 4
-            if size > self.max:
-                await send({"type": "http.response.start", "status": 431,
-                            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]})
-                await send({"type": "http.response.body", "body": b"Request header fields too large.\n"})
-                return
-        await self.app(scope, receive, send)

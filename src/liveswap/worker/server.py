@@ -19,7 +19,7 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
-from .protocol import HeaderLimit, Limits, protocol_class
+from .protocol import Limits, protocol_class
 
 __all__ = ["StartupFailed", "WorkerServer"]
 
@@ -58,7 +58,7 @@ class WorkerServer:
         self.sockets = list(sockets)
         self.limits = Limits(header_timeout=header_timeout, max_header_bytes=max_header_bytes, idle_grace=idle_grace)
         self.config = uvicorn.Config(
-            HeaderLimit(app, max_header_bytes), interface="asgi3", lifespan=lifespan, log_config=None, access_log=access_log,
+            app, interface="asgi3", lifespan=lifespan, log_config=None, access_log=access_log,
             timeout_keep_alive=int(keepalive_timeout) if keepalive_timeout >= 1 else 1,
             limit_concurrency=max_connections or None, http=protocol_class(http),
             h11_max_incomplete_event_size=max_header_bytes + 1024,

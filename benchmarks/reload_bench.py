@@ -1,0 +1,371 @@
+"""liveswap against gunicorn HUP and uvicorn --reload: same app, same run.
+
+  1. load     failures per reload under wrk load (keep-alive and Connection: close)
+  2. latency  time from the reload command to the first response from the new code, next to the
+              app's own import-and-startup time
+  3. rps      steady-state requests/s, liveswap (1 worker) / bare uvicorn (1 worker), interleaved
+  4. memory   RSS of the supervisor after startup and after 20 reloads (template, worker for context)
+
+    .venv/bin/python benchmarks/reload_bench.py            # everything, about 5 minutes
+    .venv/bin/python benchmarks/reload_bench.py --quick    # a short smoke run, about 1.5 minutes
+    .venv/bin/python benchmarks/reload_bench.py --only latency,memory
+
+Prints tables and writes benchmarks/results/reload-<YYYYmmdd-HHMMSS>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import (  # noqa: E402 - after the path tweak
+    BIN,
+    BenchError,
+    Server,
+    children,
+    cmdline,
+    machine_info,
+    median,
+    percentile,
+    rss_kb,
+    run_wrk,
+    wait_for_version,
+    wrk_finish,
+    wrk_start,
+    write_results,
+)
+
+PHASES = ("load", "latency", "rps", "memory")
+LIVE_IN = re.compile(r"reload ok: generation (\d+) live in ([\d.]+) ms")
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        say("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            say("  " + "  ".join("-" * w for w in widths))
+
+
+# ---- 1. failures under load -------------------------------------------------------------------------
+def load_scenario(kind: str, close: bool, duration: float, conns: int, rng: random.Random) -> dict[str, Any]:
+    srv = Server(kind, workers=2)
+    try:
+        srv.start()
+        srv.wait_settled(time.perf_counter() + 30)
+        wrk = wrk_start(srv.port, duration, threads=2, conns=conns, close=close)
+        t0 = time.perf_counter()
+        sent = 0
+        next_at = t0 + 1.0
+        # Reloads at random intervals of 0.5-1 s, none in the last second so the last one lands.
+        while time.perf_counter() < t0 + duration - 1.0:
+            now = time.perf_counter()
+            if now >= next_at:
+                srv.set_version(srv.version + 1)
+                srv.trigger_reload()
+                sent += 1
+                next_at = now + rng.uniform(0.5, 1.0)
+            time.sleep(0.005)
+        res = wrk_finish(wrk, duration)
+        # Let the last reload finish before counting (coalesced requests end on the last version).
+        wait_for_version(srv.port, str(srv.version), time.perf_counter() + 30)
+        srv.wait_settled(time.perf_counter() + 30)
+        done = srv.reloads_done()
+        extra: dict[str, Any] = {}
+        log = srv.log_text()
+        if kind == "liveswap":
+            st = srv.liveswap_status()
+            extra = {"reloads_failed": st["reloads_failed"], "restarts": st["restarts"],
+                     "log_errors": [ln for ln in log.splitlines() if " ERROR " in ln][:20]}
+        return {"server": kind, "mode": "close" if close else "keep-alive", "duration_s": duration,
+                "conns": conns, "reload_commands": sent, "reloads": done, "wrk": res.as_dict(),
+                "failures_per_reload": round(res.failures / done, 2) if done else None, **extra}
+    finally:
+        srv.stop()
+        srv.cleanup()
+
+
+def phase_load(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+    say(f"\n== 1. failures per reload under load (wrk -t2 -c{args.conns} -d{args.load_duration:g}s, "
+        "a reload every 0.5-1 s) ==")
+    runs = []
+    for close in (False, True):
+        kinds = list(args.load_servers)
+        rng.shuffle(kinds)
+        for kind in kinds:
+            say(f"  running {kind} ({'close' if close else 'keep-alive'}) ...")
+            r = load_scenario(kind, close, args.load_duration, args.conns, rng)
+            runs.append(r)
+            if r["server"] == "liveswap" and r["wrk"]["failures"]:
+                say(f"  ! liveswap failures: {json.dumps(r['wrk'])}")
+    rows = []
+    for r in sorted(runs, key=lambda r: (r["mode"], r["server"])):
+        w = r["wrk"]
+        rows.append([r["server"], r["mode"], r["reloads"], w["requests"], w["connect"], w["read"], w["write"],
+                     w["timeout"], w["non2xx"], w["failures"],
+                     "-" if r["failures_per_reload"] is None else r["failures_per_reload"]])
+    table(["server", "mode", "reloads", "requests", "connect", "read", "write", "timeout", "non-2xx",
+           "failures", "per reload"], rows)
+    return {"runs": runs}
+
+
+# ---- 2. reload latency --------------------------------------------------------------------------------
+def measure_reload(srv: Server, method: str) -> dict[str, Any]:
+    """One reload with no load: new version, reload command, poll until the new version answers."""
+    srv.wait_settled(time.perf_counter() + 30)
+    wait_for_version(srv.port, str(srv.version), time.perf_counter() + 30)
+    time.sleep(0.2)  # a quiet gap between measurements, not a synchronisation
+    log_before = srv.log_text()
+    new = srv.version + 1
+    srv.set_version(new)
+    errors: list[str] = []
+    out: dict[str, Any] = {}
+    cli: subprocess.Popen[str] | None = None
+    t0 = time.perf_counter()
+    if method == "cli":
+        cli = subprocess.Popen([str(BIN / "liveswap"), "reload", "--name", srv.name], env=srv.env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    else:
+        srv.trigger_reload()
+    t1 = wait_for_version(srv.port, str(new), t0 + 30, errors=errors)
+    out["ms"] = (t1 - t0) * 1000
+    out["probe_errors"] = len(errors)
+    if cli is not None:
+        text, _ = cli.communicate(timeout=60)
+        out["cli_ms"] = (time.perf_counter() - t0) * 1000  # an upper bound: we polled first
+        out["cli_rc"] = cli.returncode
+        m = LIVE_IN.search(text)
+        out["cli_said_ms"] = float(m.group(2)) if m else None
+    if srv.kind == "liveswap":
+        srv.wait_settled(time.perf_counter() + 30)
+        m = LIVE_IN.search(srv.log_text()[len(log_before):])
+        out["supervisor_said_ms"] = float(m.group(2)) if m else None
+    return out
+
+
+def startup_baselines(n: int) -> dict[str, Any]:
+    """The app's own import-and-startup time: fresh interpreters, and a bare uvicorn to first 200."""
+    probe_srv = Server("uvicorn", workers=1)
+    env = probe_srv.env()
+    py = sys.executable
+    bare, imp, uv_import, uvicorn_up = [], [], [], []
+    try:
+        for _ in range(n):
+            for code, into in (("pass", bare), ("import bench_app", imp), ("import uvicorn, bench_app", uv_import)):
+                t0 = time.perf_counter()
+                subprocess.run([py, "-c", code], cwd=probe_srv.app_dir, env=env, check=True, timeout=60)
+                into.append((time.perf_counter() - t0) * 1000)
+            uvicorn_up.append(probe_srv.start() * 1000)
+            probe_srv.stop()
+    finally:
+        probe_srv.stop()
+        probe_srv.cleanup()
+    return {"python_pass_ms": bare, "python_import_app_ms": imp, "python_import_uvicorn_app_ms": uv_import,
+            "uvicorn_exec_to_first_200_ms": uvicorn_up}
+
+
+def phase_latency(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+    n = args.reloads
+    say(f"\n== 2. reload command -> first response from the new code (no load, {n} reloads each, "
+        "interleaved, probes on fresh connections 1 ms apart) ==")
+    servers = {k: Server(k, workers=2) for k in ("liveswap", "gunicorn-sync", "gunicorn-uvicorn", "uvicorn-reload")}
+    methods = [("liveswap SIGHUP", "liveswap", "signal"), ("liveswap reload (CLI)", "liveswap", "cli"),
+               ("gunicorn sync HUP", "gunicorn-sync", "signal"), ("gunicorn uvicorn-worker HUP", "gunicorn-uvicorn",
+                                                                    "signal"),
+               ("uvicorn --reload (file write)", "uvicorn-reload", "signal")]
+    samples: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in methods}
+    rss_after: dict[str, Any] = {}
+    try:
+        for srv in servers.values():
+            srv.start()
+        for i in range(n):
+            order = list(methods)
+            rng.shuffle(order)
+            for label, kind, method in order:
+                samples[label].append(measure_reload(servers[kind], method))
+            say(f"  round {i + 1}/{n} done")
+        for kind, srv in servers.items():
+            rss_after[kind] = {"top_process_kb": rss_kb(srv.pid), "reloads": srv.reloads_done()}
+    finally:
+        for srv in servers.values():
+            srv.stop()
+            srv.cleanup()
+    base = startup_baselines(args.startup_runs)
+
+    summary: dict[str, Any] = {}
+    rows = []
+    for label, _, method in methods:
+        ms = [s["ms"] for s in samples[label]]
+        summary[label] = {"median_ms": median(ms), "p90_ms": percentile(ms, 90), "min_ms": min(ms),
+                          "max_ms": max(ms), "probe_errors": sum(s["probe_errors"] for s in samples[label])}
+        said = [s["supervisor_said_ms"] for s in samples[label] if s.get("supervisor_said_ms") is not None]
+        if said:
+            summary[label]["supervisor_said_median_ms"] = median(said)
+        if method == "cli":
+            summary[label]["cli_exit_median_ms"] = median([s["cli_ms"] for s in samples[label]])
+            summary[label]["cli_failures"] = sum(1 for s in samples[label] if s["cli_rc"] != 0)
+        rows.append([label, f"{median(ms):.1f}", f"{percentile(ms, 90):.1f}", f"{min(ms):.1f}", f"{max(ms):.1f}",
+                     summary[label]["probe_errors"], f"{median(said):.1f}" if said else "-"])
+    table(["reload", "median ms", "p90 ms", "min ms", "max ms", "probe errors", "supervisor says (median)"], rows)
+    cli = summary["liveswap reload (CLI)"]
+    say(f"  liveswap reload CLI: process exit at {cli['cli_exit_median_ms']:.1f} ms (median, includes the CLI's "
+        f"own interpreter start), {cli['cli_failures']} failed")
+    ratio = summary["liveswap SIGHUP"]["median_ms"] / summary["gunicorn sync HUP"]["median_ms"]
+    ratio_cli = cli["median_ms"] / summary["gunicorn sync HUP"]["median_ms"]
+    say(f"  ratio liveswap SIGHUP / gunicorn sync HUP (medians): {ratio:.2f}   "
+        f"(liveswap CLI / gunicorn sync: {ratio_cli:.2f})")
+    b = {k: median(v) for k, v in base.items()}
+    say("  the app's own import-and-startup (medians of "
+        f"{args.startup_runs}): python -c pass {b['python_pass_ms']:.1f} ms, "
+        f"python -c 'import bench_app' {b['python_import_app_ms']:.1f} ms, "
+        f"python -c 'import uvicorn, bench_app' {b['python_import_uvicorn_app_ms']:.1f} ms, "
+        f"bare uvicorn exec -> first 200 {b['uvicorn_exec_to_first_200_ms']:.1f} ms")
+    return {"samples": samples, "summary": summary, "ratio_liveswap_hup_to_gunicorn_sync": ratio,
+            "ratio_liveswap_cli_to_gunicorn_sync": ratio_cli, "startup": base,
+            "startup_medians_ms": b, "after_reloads": rss_after}
+
+
+# ---- 3. steady-state throughput -----------------------------------------------------------------------
+def phase_rps(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+    reps, dur = args.rps_reps, args.rps_duration
+    say(f"\n== 3. steady-state requests/s: liveswap run --workers 1 vs uvicorn --workers 1 "
+        f"(wrk -t2 -c64 -d{dur:g}s, {reps} runs each, ABBA-interleaved, 2 s warm-up each) ==")
+    results: dict[str, list[float]] = {"liveswap": [], "uvicorn": []}
+    runs = []
+    for i in range(reps):
+        order = ["liveswap", "uvicorn"] if i % 2 == 0 else ["uvicorn", "liveswap"]
+        for kind in order:
+            srv = Server(kind, workers=1)
+            try:
+                srv.start()
+                srv.wait_settled(time.perf_counter() + 30)
+                run_wrk(srv.port, 2, threads=2, conns=64)  # warm-up, discarded
+                r = run_wrk(srv.port, dur, threads=2, conns=64)
+            finally:
+                srv.stop()
+                srv.cleanup()
+            results[kind].append(r.rps)
+            runs.append({"server": kind, "round": i, **r.as_dict()})
+            say(f"  {kind:9s} {r.rps:10.1f} req/s  (failures {r.failures}, latency avg {r.latency_avg})")
+    ml, mu = median(results["liveswap"]), median(results["uvicorn"])
+    pairs = [a / b for a, b in zip(results["liveswap"], results["uvicorn"])]
+    table(["server", "median req/s", "runs"],
+          [["liveswap (1 worker)", f"{ml:.1f}", " ".join(f"{x:.0f}" for x in results["liveswap"])],
+           ["uvicorn (1 worker)", f"{mu:.1f}", " ".join(f"{x:.0f}" for x in results["uvicorn"])]])
+    say(f"  ratio liveswap/uvicorn (medians): {ml / mu:.3f}; per round: {' '.join(f'{p:.3f}' for p in pairs)}")
+    return {"runs": runs, "median_rps": {"liveswap": ml, "uvicorn": mu}, "ratio": ml / mu,
+            "ratio_per_round": pairs}
+
+
+# ---- 4. memory ---------------------------------------------------------------------------------------
+def liveswap_processes(srv: Server) -> dict[str, int]:
+    kids = children(srv.pid)
+    template = [k for k in kids if "liveswap._template" in cmdline(k)]
+    workers = [k for k in kids if k not in template]
+    return {"template": template[0] if template else 0, "worker": workers[0] if workers else 0}
+
+
+def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
+    n = args.memory_reloads
+    say(f"\n== 4. memory: liveswap run --workers 2, VmRSS after startup and after {n} reloads ==")
+    srv = Server("liveswap", workers=2)
+    try:
+        srv.start()
+        srv.wait_settled(time.perf_counter() + 30)
+        time.sleep(0.5)  # let startup finish its work (not a synchronisation: readings only)
+        procs = liveswap_processes(srv)
+        before = {"supervisor": rss_kb(srv.pid), "template": rss_kb(procs["template"]) if procs["template"] else {},
+                  "worker": rss_kb(procs["worker"]) if procs["worker"] else {}}
+        for _ in range(n):
+            srv.wait_settled(time.perf_counter() + 30)
+            srv.set_version(srv.version + 1)
+            srv.trigger_reload()
+            wait_for_version(srv.port, str(srv.version), time.perf_counter() + 30)
+        srv.wait_settled(time.perf_counter() + 30)
+        time.sleep(0.5)
+        procs = liveswap_processes(srv)
+        after = {"supervisor": rss_kb(srv.pid), "template": rss_kb(procs["template"]) if procs["template"] else {},
+                 "worker": rss_kb(procs["worker"]) if procs["worker"] else {}}
+        reloads = srv.reloads_done()
+    finally:
+        srv.stop()
+        srv.cleanup()
+    rows = []
+    for role in ("supervisor", "template", "worker"):
+        b, a = before[role], after[role]
+        rows.append([role, f"{b.get('VmRSS', 0) / 1024:.1f}", f"{a.get('VmRSS', 0) / 1024:.1f}",
+                     f"{a.get('VmHWM', 0) / 1024:.1f}"])
+    table(["process", "RSS after start MB", f"RSS after {reloads} reloads MB", "peak (VmHWM) MB"], rows)
+    say("  (RSS counts pages shared with other processes; the workers are forked from the template)")
+    return {"before_kb": before, "after_kb": after, "reloads": reloads}
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="short runs (a smoke test, not a measurement)")
+    p.add_argument("--only", default=",".join(PHASES), help=f"comma-separated phases: {', '.join(PHASES)}")
+    p.add_argument("--seed", type=int, default=None, help="seed for the reload intervals and orders")
+    p.add_argument("--load-duration", type=float, default=None, help="seconds of wrk per load scenario [10]")
+    p.add_argument("--conns", type=int, default=32, help="wrk connections in the load scenarios [32]")
+    p.add_argument("--load-servers", default="liveswap,gunicorn-uvicorn,uvicorn-reload,gunicorn-sync",
+                   help="servers in the load scenarios")
+    p.add_argument("--reloads", type=int, default=None, help="reloads per server in the latency phase [15]")
+    p.add_argument("--startup-runs", type=int, default=None, help="runs of each startup baseline [7]")
+    p.add_argument("--rps-reps", type=int, default=None, help="throughput runs per server [3]")
+    p.add_argument("--rps-duration", type=float, default=None, help="seconds per throughput run [10]")
+    p.add_argument("--memory-reloads", type=int, default=20, help="reloads before the second RSS reading [20]")
+    args = p.parse_args()
+    q = args.quick
+    args.load_duration = args.load_duration or (5.0 if q else 10.0)
+    args.reloads = args.reloads or (5 if q else 15)
+    args.startup_runs = args.startup_runs or (3 if q else 7)
+    args.rps_reps = args.rps_reps or (2 if q else 3)
+    args.rps_duration = args.rps_duration or (3.0 if q else 10.0)
+    args.load_servers = [s for s in args.load_servers.split(",") if s]
+    phases = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        p.error(f"unknown phase(s) {sorted(unknown)}; choose from {', '.join(PHASES)}")
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+
+    started = time.time()
+    out: dict[str, Any] = {"benchmark": "reload", "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                           "argv": sys.argv[1:], "seed": seed, "quick": q, "machine": machine_info()}
+    say(f"liveswap reload benchmark, {out['date']}; machine: {json.dumps(out['machine'])}; seed {seed}")
+    # A probe so a broken setup fails before minutes of runs.
+    if not (BIN / "liveswap").exists():
+        raise BenchError(f"no liveswap in {BIN}; run with the project's venv python")
+    for phase in phases:
+        if phase == "load":
+            out["load"] = phase_load(args, rng)
+        elif phase == "latency":
+            out["latency"] = phase_latency(args, rng)
+        elif phase == "rps":
+            out["rps"] = phase_rps(args, rng)
+        elif phase == "memory":
+            out["memory"] = phase_memory(args)
+    out["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    out["elapsed_s"] = round(time.time() - started, 1)
+    path = write_results("reload-quick" if q else "reload", out)
+    say(f"\nwrote {path} ({out['elapsed_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
