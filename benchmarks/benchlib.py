@@ -372,8 +372,21 @@ class Server:
             pass
         return self.proc.returncode
 
-    def cleanup(self) -> None:
+    def cleanup(self, failed: bool = False) -> None:
+        """Remove the temp dir; after a failure, keep the server's log in results/ and show its end."""
+        if failed and self.log_path.exists():
+            RESULTS.mkdir(exist_ok=True)
+            keep = RESULTS / f"failed-{self.kind}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+            shutil.copyfile(self.log_path, keep)
+            print(f"  ! {self.kind} log kept in {keep}; its end:\n{self.log_tail(40)}", flush=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.stop()
+        self.cleanup(failed=exc_type is not None)
 
     def log_text(self) -> str:
         try:

@@ -16,6 +16,7 @@ Prints tables and writes benchmarks/results/reload-<YYYYmmdd-HHMMSS>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import re
@@ -63,8 +64,7 @@ def table(headers: list[str], rows: list[list[Any]]) -> None:
 
 # ---- 1. failures under load -------------------------------------------------------------------------
 def load_scenario(kind: str, close: bool, duration: float, conns: int, rng: random.Random) -> dict[str, Any]:
-    srv = Server(kind, workers=2)
-    try:
+    with Server(kind, workers=2) as srv:
         srv.start()
         srv.wait_settled(time.perf_counter() + 30)
         wrk = wrk_start(srv.port, duration, threads=2, conns=conns, close=close)
@@ -94,9 +94,6 @@ def load_scenario(kind: str, close: bool, duration: float, conns: int, rng: rand
         return {"server": kind, "mode": "close" if close else "keep-alive", "duration_s": duration,
                 "conns": conns, "reload_commands": sent, "reloads": done, "wrk": res.as_dict(),
                 "failures_per_reload": round(res.failures / done, 2) if done else None, **extra}
-    finally:
-        srv.stop()
-        srv.cleanup()
 
 
 def phase_load(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
@@ -159,11 +156,13 @@ def measure_reload(srv: Server, method: str) -> dict[str, Any]:
 
 def startup_baselines(n: int) -> dict[str, Any]:
     """The app's own import-and-startup time: fresh interpreters, and a bare uvicorn to first 200."""
-    probe_srv = Server("uvicorn", workers=1)
-    env = probe_srv.env()
     py = sys.executable
-    bare, imp, uv_import, uvicorn_up = [], [], [], []
-    try:
+    bare: list[float] = []
+    imp: list[float] = []
+    uv_import: list[float] = []
+    uvicorn_up: list[float] = []
+    with Server("uvicorn", workers=1) as probe_srv:
+        env = probe_srv.env()
         for _ in range(n):
             for code, into in (("pass", bare), ("import bench_app", imp), ("import uvicorn, bench_app", uv_import)):
                 t0 = time.perf_counter()
@@ -171,9 +170,6 @@ def startup_baselines(n: int) -> dict[str, Any]:
                 into.append((time.perf_counter() - t0) * 1000)
             uvicorn_up.append(probe_srv.start() * 1000)
             probe_srv.stop()
-    finally:
-        probe_srv.stop()
-        probe_srv.cleanup()
     return {"python_pass_ms": bare, "python_import_app_ms": imp, "python_import_uvicorn_app_ms": uv_import,
             "uvicorn_exec_to_first_200_ms": uvicorn_up}
 
@@ -182,14 +178,15 @@ def phase_latency(args: argparse.Namespace, rng: random.Random) -> dict[str, Any
     n = args.reloads
     say(f"\n== 2. reload command -> first response from the new code (no load, {n} reloads each, "
         "interleaved, probes on fresh connections 1 ms apart) ==")
-    servers = {k: Server(k, workers=2) for k in ("liveswap", "gunicorn-sync", "gunicorn-uvicorn", "uvicorn-reload")}
+    kinds = ("liveswap", "gunicorn-sync", "gunicorn-uvicorn", "uvicorn-reload")
     methods = [("liveswap SIGHUP", "liveswap", "signal"), ("liveswap reload (CLI)", "liveswap", "cli"),
                ("gunicorn sync HUP", "gunicorn-sync", "signal"), ("gunicorn uvicorn-worker HUP", "gunicorn-uvicorn",
                                                                     "signal"),
                ("uvicorn --reload (file write)", "uvicorn-reload", "signal")]
     samples: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in methods}
     rss_after: dict[str, Any] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        servers = {k: stack.enter_context(Server(k, workers=2)) for k in kinds}
         for srv in servers.values():
             srv.start()
         for i in range(n):
@@ -200,10 +197,6 @@ def phase_latency(args: argparse.Namespace, rng: random.Random) -> dict[str, Any
             say(f"  round {i + 1}/{n} done")
         for kind, srv in servers.items():
             rss_after[kind] = {"top_process_kb": rss_kb(srv.pid), "reloads": srv.reloads_done()}
-    finally:
-        for srv in servers.values():
-            srv.stop()
-            srv.cleanup()
     base = startup_baselines(args.startup_runs)
 
     summary: dict[str, Any] = {}
@@ -249,15 +242,11 @@ def phase_rps(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
     for i in range(reps):
         order = ["liveswap", "uvicorn"] if i % 2 == 0 else ["uvicorn", "liveswap"]
         for kind in order:
-            srv = Server(kind, workers=1)
-            try:
+            with Server(kind, workers=1) as srv:
                 srv.start()
                 srv.wait_settled(time.perf_counter() + 30)
                 run_wrk(srv.port, 2, threads=2, conns=64)  # warm-up, discarded
                 r = run_wrk(srv.port, dur, threads=2, conns=64)
-            finally:
-                srv.stop()
-                srv.cleanup()
             results[kind].append(r.rps)
             runs.append({"server": kind, "round": i, **r.as_dict()})
             say(f"  {kind:9s} {r.rps:10.1f} req/s  (failures {r.failures}, latency avg {r.latency_avg})")
@@ -273,17 +262,18 @@ def phase_rps(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
 
 # ---- 4. memory ---------------------------------------------------------------------------------------
 def liveswap_processes(srv: Server) -> dict[str, int]:
-    kids = children(srv.pid)
-    template = [k for k in kids if "liveswap._template" in cmdline(k)]
-    workers = [k for k in kids if k not in template]
+    """The template and one live worker. Workers are forked from the template (same cmdline), so
+    they are told apart by the worker pids in ``liveswap status``."""
+    st = srv.liveswap_status()
+    workers = [w["pid"] for g in st["generations"] if g["state"] == "live" for w in g["workers"]]
+    template = [k for k in children(srv.pid) if k not in workers and "liveswap._template" in cmdline(k)]
     return {"template": template[0] if template else 0, "worker": workers[0] if workers else 0}
 
 
 def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
     n = args.memory_reloads
     say(f"\n== 4. memory: liveswap run --workers 2, VmRSS after startup and after {n} reloads ==")
-    srv = Server("liveswap", workers=2)
-    try:
+    with Server("liveswap", workers=2) as srv:
         srv.start()
         srv.wait_settled(time.perf_counter() + 30)
         time.sleep(0.5)  # let startup finish its work (not a synchronisation: readings only)
@@ -301,9 +291,6 @@ def phase_memory(args: argparse.Namespace) -> dict[str, Any]:
         after = {"supervisor": rss_kb(srv.pid), "template": rss_kb(procs["template"]) if procs["template"] else {},
                  "worker": rss_kb(procs["worker"]) if procs["worker"] else {}}
         reloads = srv.reloads_done()
-    finally:
-        srv.stop()
-        srv.cleanup()
     rows = []
     for role in ("supervisor", "template", "worker"):
         b, a = before[role], after[role]

@@ -45,8 +45,9 @@ def test_bad_values_teach(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[tool.liveswap]\nworkrs = 2\n')
     with pytest.raises(ConfigError, match="unknown key"):
         load_settings("a:b", {}, environ={}, cwd=tmp_path)
+    (tmp_path / "pyproject.toml").unlink()
     with pytest.raises(ConfigError, match="no APP"):
-        load_settings("", {}, environ={}, cwd=tmp_path / "nowhere")
+        load_settings("", {}, environ={}, cwd=tmp_path)
 
 
 def test_durations_and_defaults() -> None:

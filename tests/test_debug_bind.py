@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from liveswap.debug import DebugBindError, bind_debug
+from liveswap.debug import DebugAddressInUseError, DebugBindError, bind_debug
 from liveswap.debug.bind import describe_address
 from liveswap.errors import BindError, LiveswapError
 
@@ -113,7 +113,7 @@ def test_a_port_in_use_is_explained(sockets: list[socket.socket]) -> None:
     first = bind_debug("127.0.0.1:0")
     sockets.append(first)
     port = first.getsockname()[1]
-    with pytest.raises(DebugBindError) as info:
+    with pytest.raises(DebugAddressInUseError) as info:
         bind_debug(f"127.0.0.1:{port}")
     assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.EADDRINUSE
     assert info.value.hint is not None and "port 0" in info.value.hint
@@ -141,7 +141,7 @@ def test_unix_socket_left_by_a_dead_process_is_replaced(tmp_path: Path, sockets:
 def test_unix_socket_in_use_is_refused(tmp_path: Path, sockets: list[socket.socket]) -> None:
     path = tmp_path / "debug.sock"
     sockets.append(bind_debug(f"unix:{path}"))
-    with pytest.raises(DebugBindError, match="in use"):
+    with pytest.raises(DebugAddressInUseError, match="in use"):
         bind_debug(f"unix:{path}")
 
 

@@ -16,11 +16,19 @@ from __future__ import annotations
 
 from .app import DebugApp, make_debug_app
 from .bind import bind_debug
-from .errors import DebugBindError, DebugError, DebugServerError, HeapNotTracingError, ProfileBusyError
+from .errors import (
+    DebugAddressInUseError,
+    DebugBindError,
+    DebugError,
+    DebugServerError,
+    HeapNotTracingError,
+    ProfileBusyError,
+)
 from .metrics import Metrics, MetricsMiddleware, merge_snapshots, render_prometheus
 from .server import DebugServer
 
 __all__ = [
+    "DebugAddressInUseError",
     "DebugApp",
     "DebugBindError",
     "DebugError",

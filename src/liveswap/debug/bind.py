@@ -10,12 +10,13 @@ should be set). A unix socket is created mode 0600: only its owner can connect.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
 import stat
 
-from .errors import DebugBindError
+from .errors import DebugAddressInUseError, DebugBindError
 
 __all__ = ["bind_debug", "describe_address"]
 
@@ -92,7 +93,7 @@ def _bind_unix(path: str) -> socket.socket:
                 raise DebugBindError(f"cannot check whether unix:{path} is in use: {exc}",
                                      hint="choose another path") from exc
             else:
-                raise DebugBindError(f"unix:{path} is in use: another process is listening on it",
+                raise DebugAddressInUseError(f"unix:{path} is in use: another process is listening on it",
                                      hint="stop that process or choose another path")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -134,7 +135,8 @@ def bind_debug(address: str, allow_public: bool = False) -> socket.socket:
         sock.listen(_BACKLOG)
     except OSError as exc:
         sock.close()
-        raise DebugBindError(
+        kind = DebugAddressInUseError if exc.errno == errno.EADDRINUSE else DebugBindError
+        raise kind(
             f"cannot bind the debug server to {address}: {exc.strerror or exc}",
             hint="another process (perhaps an earlier liveswap) may hold the port: choose another one, "
                  "or port 0 for any free port",

@@ -3,6 +3,7 @@
     LiveswapError
      '-- DebugError               anything the debug server raises on purpose
           |-- DebugBindError      the debug address is malformed, not loopback, or in use (also a ValueError)
+          |    '-- DebugAddressInUseError   another socket already listens there
           |-- DebugServerError    the debug server thread did not start or did not stop in time
           |-- ProfileBusyError    a CPU profile is already running in this process
           '-- HeapNotTracingError heap statistics were asked for while tracemalloc is off
@@ -15,7 +16,14 @@ from __future__ import annotations
 
 from liveswap.errors import BindError, LiveswapError
 
-__all__ = ["DebugBindError", "DebugError", "DebugServerError", "HeapNotTracingError", "ProfileBusyError"]
+__all__ = [
+    "DebugAddressInUseError",
+    "DebugBindError",
+    "DebugError",
+    "DebugServerError",
+    "HeapNotTracingError",
+    "ProfileBusyError",
+]
 
 
 class DebugError(LiveswapError):
@@ -24,6 +32,10 @@ class DebugError(LiveswapError):
 
 class DebugBindError(BindError, DebugError, ValueError):
     """The debug address could not be parsed, is not loopback (without ``allow_public``), or is in use."""
+
+
+class DebugAddressInUseError(DebugBindError):
+    """Another socket already listens on the debug address (a TCP port in use, or a live unix socket)."""
 
 
 class DebugServerError(DebugError, RuntimeError):

@@ -80,11 +80,38 @@ def main() -> int:
         return EXIT_BOOT_ERROR
     loop = _new_loop()
     asyncio.set_event_loop(loop)
+    debug = None
+    if settings.debug_bind:
+        app, debug = _start_debug(app, settings, generation, loop)
     try:
         return loop.run_until_complete(_serve(app, kind, settings, control, health, [lst.sock for lst in listeners]))
     finally:
+        if debug is not None:
+            debug.stop()
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def worker_debug_dir(name: str) -> str:
+    """Where workers put their private debug sockets; the supervisor's debug server proxies to them."""
+    from ..control import runtime_dir
+
+    path = runtime_dir() / f"{name}.debug"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return str(path)
+
+
+def _start_debug(app: Any, settings: Settings, generation: str, loop: asyncio.AbstractEventLoop) -> tuple[Any, Any]:
+    """Count requests and serve this worker's debug endpoints on a private unix socket."""
+    from ..debug import DebugServer, Metrics, MetricsMiddleware, bind_debug
+
+    metrics = Metrics()
+    metrics.set_gauge("worker_generation", float(generation), "Generation of this worker.")
+    path = os.path.join(worker_debug_dir(settings.instance_name()), f"{os.getpid()}.sock")
+    server = DebugServer(bind_debug(f"unix:{path}"), metrics=metrics, main_loop=loop,
+                         extra=lambda: {"generation": int(generation)})
+    server.start()
+    return MetricsMiddleware(app, metrics), server
 
 
 async def _serve(app: Any, kind: str, settings: Settings, control: socket.socket, health: socket.socket,
