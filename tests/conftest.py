@@ -51,13 +51,13 @@ class Instance:
         tmp.write_text(text + "\n")
         os.replace(tmp, self.state_file)
 
-    def start(self, wait: bool = True, timeout: float = 30.0) -> Instance:
+    def start(self, wait: bool = True, timeout: float = 30.0, pass_fds: tuple[int, ...] = ()) -> Instance:
         cmd = [sys.executable, "-m", "liveswap", "run", self.app, "--app-dir", str(APPS), "--name", self.name,
                *self.args]
         if not any(a.startswith("--bind") for a in self.args):
             cmd += ["--bind", "127.0.0.1:0"]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, pass_fds=pass_fds)
         self.pump = threading.Thread(target=self._pump, daemon=True)
         self.pump.start()
         if wait:
@@ -152,10 +152,10 @@ def liveswap(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     started: list[Instance] = []
 
     def make(app: str = "versioned:app", args: list[str] | None = None, version: str = "1",
-             env: dict[str, str] | None = None, wait: bool = True) -> Instance:
+             env: dict[str, str] | None = None, wait: bool = True, pass_fds: tuple[int, ...] = ()) -> Instance:
         inst = Instance(tmp_path, app, list(args or []), version, env)
         started.append(inst)
-        return inst.start(wait=wait)
+        return inst.start(wait=wait, pass_fds=pass_fds)
 
     yield make
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed

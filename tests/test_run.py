@@ -117,6 +117,10 @@ def test_crash_loop_backs_off_and_reports_degraded(liveswap) -> None:  # type: i
     mark = inst.mark()
     inst.wait_for(r"crashed 3 times in a row; restarting in 0.2 s", start=mark, timeout=30)
     inst.wait_for(r"crashed 5 times in a row; restarting in 0.4 s", start=mark, timeout=30)
+    states: list[str] = []
+    wait_until(lambda: states.append(inst.status()["state"]) or states[-1].startswith("degraded"), 20,
+               "status to say degraded")
+    assert "0 of 1 workers up" in states[-1]
     # a fixed version reloads over the crash loop
     inst.write_state("2")
     out = inst.reload()
@@ -151,6 +155,39 @@ def test_sigterm_drains_and_exits_zero(liveswap) -> None:  # type: ignore[no-unt
     r = result["r"]
     assert isinstance(r, httpx.Response) and r.status_code == 200 and r.text.startswith("slow")
     assert "stopped" in inst.output().split("\n", mark)[-1]
+
+
+def test_second_sigint_stops_at_once(liveswap) -> None:  # type: ignore[no-untyped-def]
+    inst = liveswap(args=["--drain-timeout", "60"])
+    t = threading.Thread(target=lambda: _swallow(lambda: httpx.get(inst.url + "/slow?s=30", timeout=60)))
+    t.start()
+    inst.wait_for(r"slow request started")
+    mark = inst.mark()
+    inst.proc.send_signal(signal.SIGINT)
+    inst.wait_for(r"SIGINT: stopping gracefully", start=mark)
+    inst.proc.send_signal(signal.SIGINT)
+    assert inst.wait_exit(15) == 0
+    assert "second SIGINT: stopping now; killing 1 worker(s)" in inst.output()
+    t.join(30)
+
+
+def _swallow(fn) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except httpx.HTTPError:
+        pass
+
+
+def test_bind_inherited_fd(liveswap) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        fd = listener.fileno()
+        os.set_inheritable(fd, True)
+        inst = liveswap(args=["--bind", f"fd://{fd}"], wait=False, pass_fds=(fd,))
+        inst.wait_for(r"serving versioned:app on http://127.0.0.1:%d" % port)
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).headers["x-app-version"] == "1"
 
 
 def test_liveswap_stop_command(liveswap) -> None:  # type: ignore[no-untyped-def]
