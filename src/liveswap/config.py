@@ -116,8 +116,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("header_timeout", 10.0, "Disconnect a client that has not sent a complete request line and headers "
            "within this long (slow-header protection; 0 disables).", parse_duration),
     Option("max_header_bytes", 65536, "Largest request line plus headers accepted; larger gets 431.", _positive_int),
-    Option("max_connections", 0, "Most concurrent connections per worker (0: no limit); beyond it new "
-           "connections wait in the kernel's accept queue.", lambda v: int(v)),
+    Option("max_connections", 1000, "Most concurrent connections plus requests per worker; beyond it requests get "
+           "503 (0: no limit).", lambda v: int(v)),
     Option("backoff_max", 30.0, "Longest wait between restarts of a worker that keeps crashing.", parse_duration),
     Option("preload", [], "Module the template process imports before forking workers (a library, never your "
            "app). Repeatable.", multiple=True),
