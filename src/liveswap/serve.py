@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .group import Group
 from .sockets import Listener, bind_all, close_all, describe, inherit_listen_fds
 from .worker.app import detect_interface, load_app
-from .worker.server import StartupFailed, WorkerServer
+from .worker.server import StartupFailed, WorkerServer, new_event_loop
 
 __all__ = ["serve"]
 
@@ -118,15 +118,6 @@ def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
 class _Runtime:
     def __init__(self, app: Any, kind: str, listeners: list[Listener], metrics: Any, group: Group | None,
                  options: dict[str, Any], shutdown_timeout: float, debug: tuple[str | None, str | None, bool]) -> None:
@@ -142,7 +133,7 @@ class _Runtime:
         self.signals = 0
 
     def run(self) -> None:
-        loop = _new_loop()
+        loop = new_event_loop()
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         debug_server = None
         try:

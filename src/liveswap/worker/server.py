@@ -144,6 +144,16 @@ class WorkerServer:
         await self.lifespan.shutdown()
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when installed (as uvicorn picks it), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 def warm_up() -> None:
     """Import everything a worker imports lazily (protocols, websockets, lifespan, a2wsgi, uvloop),
     so that the template process has it all before it forks."""

@@ -26,7 +26,7 @@ from ..config import Settings
 from ..errors import AppLoadError
 from ..sockets import inherit_listen_fds
 from .app import load_app
-from .server import StartupFailed, WorkerServer
+from .server import StartupFailed, WorkerServer, new_event_loop
 
 __all__ = ["EXIT_BOOT_ERROR", "main"]
 
@@ -42,15 +42,6 @@ def _send(control: socket.socket, **message: Any) -> None:
         control.sendall((json.dumps(message) + "\n").encode())
     except OSError:
         pass
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
 
 
 def main() -> int:
@@ -78,7 +69,7 @@ def main() -> int:
         log.error("cannot load %s:\n%s", settings.app, detail)
         _send(control, event="boot_error", error=f"{type(exc).__name__}: {exc}", detail=detail)
         return EXIT_BOOT_ERROR
-    loop = _new_loop()
+    loop = new_event_loop()
     asyncio.set_event_loop(loop)
     debug = None
     if settings.debug_bind:
