@@ -85,6 +85,26 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children(p))
+    return out
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -216,10 +236,17 @@ def parse_wrk(out: str) -> WrkResult:
     return r
 
 
-def wrk_start(port: int, duration: float, threads: int, conns: int, close: bool) -> subprocess.Popen[str]:
+WRK_POST = HERE / "wrk_post.lua"
+
+
+def wrk_start(port: int, duration: float, threads: int, conns: int, close: bool = False,
+              post: bool = False) -> subprocess.Popen[str]:
+    """wrk with keep-alive GETs, ``close``: Connection: close, ``post``: keep-alive 1 KiB POSTs."""
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "2s"]
     if close:
         argv += ["-H", "Connection: close"]
+    if post:
+        argv += ["-s", str(WRK_POST)]
     argv.append(f"http://{HOST}:{port}/")
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -254,6 +281,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     version: int = 0
     name: str = ""
+    extra_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         os.chmod(self.tmp, 0o700)
@@ -292,6 +320,9 @@ class Server:
         return env
 
     def argv(self) -> list[str]:
+        return self._argv() + self.extra_args
+
+    def _argv(self) -> list[str]:
         addr = f"{HOST}:{self.port}"
         w = str(self.workers)
         if self.kind == "liveswap":
@@ -435,7 +466,9 @@ class Server:
             return len(kids) == self.workers + 1  # the template and the live workers
         if self.kind.startswith("gunicorn"):
             return len(kids) == self.workers
-        return len(kids) >= 1
+        if self.kind == "uvicorn-reload":
+            return len(kids) >= 1  # the reloader's server process
+        return True  # bare uvicorn --workers 1 serves in-process
 
     def wait_settled(self, deadline: float) -> None:
         while not self.settled():

@@ -1,6 +1,7 @@
 """liveswap against gunicorn HUP and uvicorn --reload: same app, same run.
 
-  1. load     failures per reload under wrk load (keep-alive and Connection: close)
+  1. load     failures per reload under wrk load: keep-alive GET, Connection: close GET and
+              keep-alive 1 KiB POST (wrk never retries), a reload every 0.5-1 s
   2. latency  time from the reload command to the first response from the new code, next to the
               app's own import-and-startup time
   3. rps      steady-state requests/s, liveswap (1 worker) / bare uvicorn (1 worker), interleaved
@@ -34,15 +35,17 @@ from benchlib import (  # noqa: E402 - after the path tweak
     Server,
     children,
     cmdline,
+    cpu_seconds,
     machine_info,
     median,
     percentile,
+    process_tree,
     rss_kb,
     run_wrk,
     wait_for_version,
+    write_results,
     wrk_finish,
     wrk_start,
-    write_results,
 )
 
 PHASES = ("load", "latency", "rps", "memory")
@@ -57,17 +60,21 @@ def table(headers: list[str], rows: list[list[Any]]) -> None:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
-        say("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        padded = (c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        say("  " + "  ".join(padded))
         if n == 0:
             say("  " + "  ".join("-" * w for w in widths))
 
 
 # ---- 1. failures under load -------------------------------------------------------------------------
-def load_scenario(kind: str, close: bool, duration: float, conns: int, rng: random.Random) -> dict[str, Any]:
+MODES: dict[str, dict[str, bool]] = {"keep-alive": {}, "close": {"close": True}, "post": {"post": True}}
+
+
+def load_scenario(kind: str, mode: str, duration: float, conns: int, rng: random.Random) -> dict[str, Any]:
     with Server(kind, workers=2) as srv:
         srv.start()
         srv.wait_settled(time.perf_counter() + 30)
-        wrk = wrk_start(srv.port, duration, threads=2, conns=conns, close=close)
+        wrk = wrk_start(srv.port, duration, threads=2, conns=conns, **MODES[mode])
         t0 = time.perf_counter()
         sent = 0
         next_at = t0 + 1.0
@@ -91,7 +98,7 @@ def load_scenario(kind: str, close: bool, duration: float, conns: int, rng: rand
             st = srv.liveswap_status()
             extra = {"reloads_failed": st["reloads_failed"], "restarts": st["restarts"],
                      "log_errors": [ln for ln in log.splitlines() if " ERROR " in ln][:20]}
-        return {"server": kind, "mode": "close" if close else "keep-alive", "duration_s": duration,
+        return {"server": kind, "mode": mode, "duration_s": duration,
                 "conns": conns, "reload_commands": sent, "reloads": done, "wrk": res.as_dict(),
                 "failures_per_reload": round(res.failures / done, 2) if done else None, **extra}
 
@@ -100,22 +107,24 @@ def phase_load(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
     say(f"\n== 1. failures per reload under load (wrk -t2 -c{args.conns} -d{args.load_duration:g}s, "
         "a reload every 0.5-1 s) ==")
     runs = []
-    for close in (False, True):
+    for mode in args.modes:
         kinds = list(args.load_servers)
         rng.shuffle(kinds)
         for kind in kinds:
-            say(f"  running {kind} ({'close' if close else 'keep-alive'}) ...")
-            r = load_scenario(kind, close, args.load_duration, args.conns, rng)
+            say(f"  running {kind} ({mode}) ...")
+            r = load_scenario(kind, mode, args.load_duration, args.conns, rng)
             runs.append(r)
-            if r["server"] == "liveswap" and r["wrk"]["failures"]:
-                say(f"  ! liveswap failures: {json.dumps(r['wrk'])}")
+            if r["server"] == "liveswap" and (r["wrk"]["failures"] or r.get("log_errors") or r.get("reloads_failed")):
+                say(f"  ! liveswap: {json.dumps(r['wrk'])}; failed reloads {r.get('reloads_failed')}; "
+                    f"log errors: {r.get('log_errors')}")
     rows = []
     for r in sorted(runs, key=lambda r: (r["mode"], r["server"])):
         w = r["wrk"]
-        rows.append([r["server"], r["mode"], r["reloads"], w["requests"], w["connect"], w["read"], w["write"],
+        rows.append([r["server"], r["mode"], f"{r['reloads']}/{r['reload_commands']}", w["requests"],
+                     f"{w['rps']:.0f}", w["connect"], w["read"], w["write"],
                      w["timeout"], w["non2xx"], w["failures"],
                      "-" if r["failures_per_reload"] is None else r["failures_per_reload"]])
-    table(["server", "mode", "reloads", "requests", "connect", "read", "write", "timeout", "non-2xx",
+    table(["server", "mode", "reloads/sent", "requests", "req/s", "connect", "read", "write", "timeout", "non-2xx",
            "failures", "per reload"], rows)
     return {"runs": runs}
 
@@ -176,8 +185,8 @@ def startup_baselines(n: int) -> dict[str, Any]:
 
 def phase_latency(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
     n = args.reloads
-    say(f"\n== 2. reload command -> first response from the new code (no load, {n} reloads each, "
-        "interleaved, probes on fresh connections 1 ms apart) ==")
+    say(f"\n== 2. reload command -> first response from the new code ({args.latency_workers} worker(s), no load, "
+        f"{n} reloads each, interleaved, probes on fresh connections 1 ms apart) ==")
     kinds = ("liveswap", "gunicorn-sync", "gunicorn-uvicorn", "uvicorn-reload")
     methods = [("liveswap SIGHUP", "liveswap", "signal"), ("liveswap reload (CLI)", "liveswap", "cli"),
                ("gunicorn sync HUP", "gunicorn-sync", "signal"), ("gunicorn uvicorn-worker HUP", "gunicorn-uvicorn",
@@ -186,7 +195,7 @@ def phase_latency(args: argparse.Namespace, rng: random.Random) -> dict[str, Any
     samples: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in methods}
     rss_after: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
-        servers = {k: stack.enter_context(Server(k, workers=2)) for k in kinds}
+        servers = {k: stack.enter_context(Server(k, workers=args.latency_workers)) for k in kinds}
         for srv in servers.values():
             srv.start()
         for i in range(n):
@@ -227,6 +236,9 @@ def phase_latency(args: argparse.Namespace, rng: random.Random) -> dict[str, Any
         f"python -c 'import bench_app' {b['python_import_app_ms']:.1f} ms, "
         f"python -c 'import uvicorn, bench_app' {b['python_import_uvicorn_app_ms']:.1f} ms, "
         f"bare uvicorn exec -> first 200 {b['uvicorn_exec_to_first_200_ms']:.1f} ms")
+    rss = [f"{kind} {v['top_process_kb']['VmRSS'] / 1024:.1f} MB ({v['reloads']} reloads)"
+           for kind, v in rss_after.items()]
+    say("  RSS of each server's top process after these reloads: " + ", ".join(rss))
     return {"samples": samples, "summary": summary, "ratio_liveswap_hup_to_gunicorn_sync": ratio,
             "ratio_liveswap_cli_to_gunicorn_sync": ratio_cli, "startup": base,
             "startup_medians_ms": b, "after_reloads": rss_after}
@@ -238,6 +250,7 @@ def phase_rps(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
     say(f"\n== 3. steady-state requests/s: liveswap run --workers 1 vs uvicorn --workers 1 "
         f"(wrk -t2 -c64 -d{dur:g}s, {reps} runs each, ABBA-interleaved, 2 s warm-up each) ==")
     results: dict[str, list[float]] = {"liveswap": [], "uvicorn": []}
+    per_cpu: dict[str, list[float]] = {"liveswap": [], "uvicorn": []}
     runs = []
     for i in range(reps):
         order = ["liveswap", "uvicorn"] if i % 2 == 0 else ["uvicorn", "liveswap"]
@@ -246,18 +259,28 @@ def phase_rps(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
                 srv.start()
                 srv.wait_settled(time.perf_counter() + 30)
                 run_wrk(srv.port, 2, threads=2, conns=64)  # warm-up, discarded
+                tree = process_tree(srv.pid)  # liveswap: supervisor, template, worker
+                cpu0 = sum(cpu_seconds(p) for p in tree)
                 r = run_wrk(srv.port, dur, threads=2, conns=64)
+                cpu = sum(cpu_seconds(p) for p in tree) - cpu0
             results[kind].append(r.rps)
-            runs.append({"server": kind, "round": i, **r.as_dict()})
-            say(f"  {kind:9s} {r.rps:10.1f} req/s  (failures {r.failures}, latency avg {r.latency_avg})")
+            # Requests per CPU-second of the server's processes: less sensitive to a noisy neighbour
+            # stealing the core than req/s, so a second opinion on the ratio.
+            per_cpu[kind].append(r.requests / cpu if cpu > 0 else float("nan"))
+            runs.append({"server": kind, "round": i, "cpu_s": cpu, "processes": len(tree), **r.as_dict()})
+            say(f"  {kind:9s} {r.rps:10.1f} req/s  {per_cpu[kind][-1]:8.0f} req/CPU-s  "
+                f"(failures {r.failures}, latency avg {r.latency_avg}, load {open('/proc/loadavg').read().split()[0]})")
     ml, mu = median(results["liveswap"]), median(results["uvicorn"])
-    pairs = [a / b for a, b in zip(results["liveswap"], results["uvicorn"])]
-    table(["server", "median req/s", "runs"],
-          [["liveswap (1 worker)", f"{ml:.1f}", " ".join(f"{x:.0f}" for x in results["liveswap"])],
-           ["uvicorn (1 worker)", f"{mu:.1f}", " ".join(f"{x:.0f}" for x in results["uvicorn"])]])
-    say(f"  ratio liveswap/uvicorn (medians): {ml / mu:.3f}; per round: {' '.join(f'{p:.3f}' for p in pairs)}")
+    cl, cu = median(per_cpu["liveswap"]), median(per_cpu["uvicorn"])
+    pairs = [a / b for a, b in zip(results["liveswap"], results["uvicorn"], strict=False)]
+    table(["server", "median req/s", "runs (req/s)", "median req/CPU-s"],
+          [["liveswap (1 worker)", f"{ml:.1f}", " ".join(f"{x:.0f}" for x in results["liveswap"]), f"{cl:.0f}"],
+           ["uvicorn (1 worker)", f"{mu:.1f}", " ".join(f"{x:.0f}" for x in results["uvicorn"]), f"{cu:.0f}"]])
+    say(f"  ratio liveswap/uvicorn (median req/s): {ml / mu:.3f}; per round: {' '.join(f'{p:.3f}' for p in pairs)}; "
+        f"by req/CPU-s: {cl / cu:.3f}")
     return {"runs": runs, "median_rps": {"liveswap": ml, "uvicorn": mu}, "ratio": ml / mu,
-            "ratio_per_round": pairs}
+            "ratio_per_round": pairs, "median_req_per_cpu_s": {"liveswap": cl, "uvicorn": cu},
+            "ratio_per_cpu": cl / cu}
 
 
 # ---- 4. memory ---------------------------------------------------------------------------------------
@@ -311,7 +334,10 @@ def main() -> int:
     p.add_argument("--conns", type=int, default=32, help="wrk connections in the load scenarios [32]")
     p.add_argument("--load-servers", default="liveswap,gunicorn-uvicorn,uvicorn-reload,gunicorn-sync",
                    help="servers in the load scenarios")
+    p.add_argument("--modes", default="keep-alive,close,post",
+                   help="load modes: keep-alive (GET), close (GET, Connection: close), post (keep-alive 1 KiB POST)")
     p.add_argument("--reloads", type=int, default=None, help="reloads per server in the latency phase [15]")
+    p.add_argument("--latency-workers", type=int, default=2, help="workers per server in the latency phase [2]")
     p.add_argument("--startup-runs", type=int, default=None, help="runs of each startup baseline [7]")
     p.add_argument("--rps-reps", type=int, default=None, help="throughput runs per server [3]")
     p.add_argument("--rps-duration", type=float, default=None, help="seconds per throughput run [10]")
@@ -324,6 +350,9 @@ def main() -> int:
     args.rps_reps = args.rps_reps or (2 if q else 3)
     args.rps_duration = args.rps_duration or (3.0 if q else 10.0)
     args.load_servers = [s for s in args.load_servers.split(",") if s]
+    args.modes = [m for m in args.modes.split(",") if m]
+    if set(args.modes) - set(MODES):
+        p.error(f"unknown mode(s) {sorted(set(args.modes) - set(MODES))}; choose from {', '.join(MODES)}")
     phases = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(phases) - set(PHASES)
     if unknown:

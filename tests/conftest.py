@@ -98,6 +98,10 @@ class Instance:
         with self.cond:
             return len(self.lines)
 
+    def output_since(self, mark: int) -> str:
+        with self.cond:
+            return "\n".join(self.lines[mark:])
+
     def output(self) -> str:
         with self.cond:
             return "\n".join(self.lines[-200:])

@@ -186,7 +186,7 @@ def test_bind_inherited_fd(liveswap) -> None:  # type: ignore[no-untyped-def]
         fd = listener.fileno()
         os.set_inheritable(fd, True)
         inst = liveswap(args=["--bind", f"fd://{fd}"], wait=False, pass_fds=(fd,))
-        inst.wait_for(r"serving versioned:app on http://127.0.0.1:%d" % port)
+        inst.wait_for(rf"serving versioned:app on http://127.0.0.1:{port}")
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).headers["x-app-version"] == "1"
 
 

@@ -12,6 +12,7 @@ import threading
 
 import httpx
 import pytest
+from conftest import wait_until
 from loadclient import LoadClient
 
 pytestmark = pytest.mark.timeout(180)
@@ -87,9 +88,7 @@ def test_slow_requests_in_flight_complete_across_reloads(liveswap) -> None:  # t
     mark = inst.mark()
     for t in threads:
         t.start()
-    for _ in range(4):
-        inst.wait_for("slow request started", start=mark)
-        mark = inst.mark()
+    wait_until(lambda: inst.output_since(mark).count("slow request started") == 4, 20, "4 slow requests in flight")
     for i in range(3):
         inst.write_state(f"v{i + 2}")
         assert inst.reload().returncode == 0

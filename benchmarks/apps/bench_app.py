@@ -42,10 +42,16 @@ async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable
                 return
     if scope["type"] != "http":
         return
+    if scope["method"] != "GET":  # read the whole body, as a real handler would
+        while (await receive()).get("more_body"):
+            pass
     await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
     await send({"type": "http.response.body", "body": BODY})
 
 
 def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    if length:
+        environ["wsgi.input"].read(length)
     start_response("200 OK", [(k.decode(), v.decode()) for k, v in _HEADERS])
     return [BODY]

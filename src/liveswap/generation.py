@@ -58,6 +58,7 @@ class Worker:
     restarts: int = 0
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     live: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    draining: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     exited: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     boot_error: tuple[str, str] | None = None
     hammer: asyncio.TimerHandle | None = None

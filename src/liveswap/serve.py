@@ -155,15 +155,17 @@ class _Runtime:
         if not address:
             return None
         from .debug import DebugServer, bind_debug
-        from .debug.errors import DebugBindError
+        from .debug.errors import DebugAddressInUseError, DebugBindError
 
         try:
             sock: socket.socket = bind_debug(address, allow_public=allow_public)
-        except DebugBindError as exc:
-            if address == DEFAULT_DEBUG and "in use" in str(exc).lower():
+        except DebugAddressInUseError as exc:
+            if address == DEFAULT_DEBUG:
                 log.warning("debug server not started: %s (pass debug=... to choose another address)", exc)
                 return None
-            raise ConfigError(str(exc), hint=getattr(exc, "hint", None)) from None
+            raise ConfigError(str(exc), hint=exc.hint) from None
+        except DebugBindError as exc:
+            raise ConfigError(str(exc), hint=exc.hint) from None
         server = DebugServer(sock, metrics=self.metrics, main_loop=loop, token=token or None)
         server.start()
         log.info("debug server on http://%s/", server.address)

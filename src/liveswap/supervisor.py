@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _template
 from ._spawner import Spawner
@@ -24,6 +24,9 @@ from .control import ControlServer
 from .generation import BootFailed, Generation, GenState, Worker, WorkerState
 from .notify import Notifier, NotifyReceiver
 from .sockets import Listener, close_all, describe, listen_env
+
+if TYPE_CHECKING:
+    from .debug.supervisor_proxy import DebugHub
 
 __all__ = ["EXIT_BOOT_ERROR", "EXIT_OK", "Supervisor"]
 
@@ -71,6 +74,7 @@ class Supervisor:
         self.control = ControlServer(self.name, self._control)
         self._stopped: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.debug: DebugHub | None = None  # --debug-bind: the one debug port for all workers
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
@@ -87,6 +91,13 @@ class Supervisor:
     async def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
         loop = asyncio.get_running_loop()
+        # --debug-bind: bound before anything starts, so a bad address fails cleanly (a DebugBindError,
+        # a LiveswapError with a hint). Imported only here: it needs h11, never uvicorn.
+        if self.settings.debug_bind:
+            from .debug.supervisor_proxy import DebugHub
+
+            self.debug = DebugHub.bind(self.settings.debug_bind, name=self.name, status=self.status,
+                                       token=self.settings.debug_token or None)
         self._stopped = loop.create_future()
         _template.prctl(_template.PR_SET_CHILD_SUBREAPER, 1)
         for sig, event in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop"),
@@ -97,6 +108,9 @@ class Supervisor:
         dispatcher = self._spawn_task(self._dispatch())
         started = time.monotonic()
         try:
+            if self.debug is not None:  # --debug-bind
+                await self.debug.start()
+                log.info("debug server on %s (all workers: /metrics, /workers/<pid>/)", self.debug.url)
             self.spawner.start()
             outcome = await self._transaction("initial start")
             if not outcome["ok"]:
@@ -116,6 +130,8 @@ class Supervisor:
             for task in list(self._tasks):
                 task.cancel()
             await self.control.close()
+            if self.debug is not None:  # --debug-bind
+                await self.debug.close()
             self.spawner.close()
             loop.remove_reader(self.notify_rx.fileno())
             self.notify_rx.close()
@@ -178,6 +194,8 @@ class Supervisor:
         gen = worker.generation
         if not worker.exited.done():
             worker.exited.set_result(code)
+        if self.debug is not None:  # --debug-bind: a killed worker leaves its debug socket behind
+            self.debug.worker_exited(worker.pid)
         if prev is WorkerState.DRAINING or worker.expected_exit:
             log.info("%s exited (%s) after %.2f s draining", worker.describe(), _exit_text(code),
                      time.monotonic() - worker.live_at if worker.live_at else 0.0)
@@ -292,6 +310,8 @@ class Supervisor:
                 worker.boot_error = (str(msg.get("error", "boot error")), str(msg.get("detail", "")))
             elif msg.get("event") == "live" and not worker.live.done():
                 worker.live.set_result(None)
+            elif msg.get("event") == "draining" and not worker.draining.done():
+                worker.draining.set_result(None)
 
     async def _go(self, workers: list[Worker]) -> None:
         for w in workers:
@@ -362,6 +382,7 @@ class Supervisor:
             self.live = gen
             if old is not None:
                 self._drain_generation(old)
+                await self._stopped_accepting(old)
             outcome.update(ok=True)
         outcome["duration_ms"] = round((time.monotonic() - t0) * 1000, 1)
         if old is not None or not outcome["ok"]:
@@ -391,6 +412,16 @@ class Supervisor:
             self._drain_worker(w)
         if not gen.alive():
             gen.state = GenState.GONE
+
+    async def _stopped_accepting(self, gen: Generation) -> None:
+        """Wait until every worker of ``gen`` has closed its listeners (or exited): from then on no
+        new connection can reach the old code, so the reload's caller is told only then."""
+        deadline = asyncio.get_running_loop().time() + ACK_TIMEOUT
+        for w in gen.alive():
+            waits: list[asyncio.Future[Any]] = [w.draining, w.exited]
+            left = deadline - asyncio.get_running_loop().time()
+            if left > 0:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
 
     def _drain_worker(self, worker: Worker) -> None:
         if worker.state in (WorkerState.DEAD, WorkerState.DRAINING):

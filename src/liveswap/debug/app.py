@@ -14,6 +14,7 @@ import hmac
 import html
 import json
 import os
+import re
 import threading
 import time
 import traceback
@@ -36,6 +37,7 @@ PROFILE_DEFAULT_SECONDS = 10.0
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+_PREFIX = re.compile(r"(/[A-Za-z0-9_.-]+)*\Z")
 _SECURITY_HEADERS = [
     ("cache-control", "no-store"),
     ("x-content-type-options", "nosniff"),
@@ -193,9 +195,13 @@ class DebugApp:
 
     async def _index(self, req: _Request) -> _Response:
         token = req.arg("token")
+        # Behind the supervisor's debug port (/workers/<pid>/...), links must keep that prefix.
+        prefix = req.headers.get("x-forwarded-prefix", "")
+        if not _PREFIX.match(prefix):
+            prefix = ""
         rows = []
         for route in _ROUTES:
-            href = route.example
+            href = prefix + route.example
             if token is not None:
                 href += ("&" if "?" in href else "?") + "token=" + quote(token, safe="")
             rows.append(f'<tr><td><a href="{html.escape(href)}">{html.escape(route.example)}</a></td>'

@@ -16,7 +16,7 @@ import os
 import socket
 import stat
 
-from .errors import DebugAddressInUseError, DebugBindError
+from .errors import DebugAddressInUseError, DebugBindError, DebugPublicAddressError
 
 __all__ = ["bind_debug", "describe_address"]
 
@@ -111,7 +111,8 @@ def _bind_unix(path: str) -> socket.socket:
 def bind_debug(address: str, allow_public: bool = False) -> socket.socket:
     """Bind and listen on ``address`` for the debug server; refuses non-loopback TCP unless ``allow_public``.
 
-    Raises ``DebugBindError`` (a ``ValueError``) with a hint for a malformed, public or busy address.
+    Raises ``DebugBindError`` (a ``ValueError``) with a hint for a malformed, public
+    (``DebugPublicAddressError``) or busy (``DebugAddressInUseError``) address.
     The returned socket is listening, so connections queue even before ``DebugServer.start()``.
     """
     address = address.strip()
@@ -121,7 +122,7 @@ def bind_debug(address: str, allow_public: bool = False) -> socket.socket:
     family, ip = _resolve(host, port)
     if not allow_public and not _is_loopback(ipaddress.ip_address(ip)):
         where = host if host == ip else f"{host} ({ip})"
-        raise DebugBindError(
+        raise DebugPublicAddressError(
             f"refusing to serve the debug server on {where}: not a loopback address, and its endpoints expose "
             "stacks, heap sites and a profiler to anyone who can reach it",
             hint=f"bind 127.0.0.1:{port} and reach it with 'ssh -L {port or 6060}:127.0.0.1:{port or 6060} host', "

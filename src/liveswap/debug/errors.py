@@ -3,7 +3,8 @@
     LiveswapError
      '-- DebugError               anything the debug server raises on purpose
           |-- DebugBindError      the debug address is malformed, not loopback, or in use (also a ValueError)
-          |    '-- DebugAddressInUseError   another socket already listens there
+          |    |-- DebugAddressInUseError   another socket already listens there
+          |    '-- DebugPublicAddressError  a TCP address that is not loopback, without allow_public
           |-- DebugServerError    the debug server thread did not start or did not stop in time
           |-- ProfileBusyError    a CPU profile is already running in this process
           '-- HeapNotTracingError heap statistics were asked for while tracemalloc is off
@@ -20,6 +21,7 @@ __all__ = [
     "DebugAddressInUseError",
     "DebugBindError",
     "DebugError",
+    "DebugPublicAddressError",
     "DebugServerError",
     "HeapNotTracingError",
     "ProfileBusyError",
@@ -36,6 +38,11 @@ class DebugBindError(BindError, DebugError, ValueError):
 
 class DebugAddressInUseError(DebugBindError):
     """Another socket already listens on the debug address (a TCP port in use, or a live unix socket)."""
+
+
+class DebugPublicAddressError(DebugBindError):
+    """A TCP address that is not loopback was given without ``allow_public``: the endpoints show
+    stacks, heap sites and run a profiler, so exposing them must be asked for explicitly."""
 
 
 class DebugServerError(DebugError, RuntimeError):

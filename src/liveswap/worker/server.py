@@ -117,8 +117,10 @@ class WorkerServer:
     def busy(self) -> bool:
         return bool(self.state.connections or self.state.tasks)
 
-    async def drain(self, timeout: float) -> bool:
-        """Stop accepting, let in-flight requests finish; True if everything finished within ``timeout``."""
+    def stop_accepting(self) -> None:
+        """Close our listeners and start draining every connection (idempotent)."""
+        if self.limits.draining:
+            return
         self.limits.draining = True
         # close() closes only this process's copy of each listening socket: the supervisor and the
         # other generation still hold theirs, so queued connections are not lost.
@@ -126,6 +128,10 @@ class WorkerServer:
             server.close()
         for conn in list(self.state.connections):
             conn.shutdown()  # ours drain gently; uvicorn's WebSocket protocols close with 1012
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting, let in-flight requests finish; True if everything finished within ``timeout``."""
+        self.stop_accepting()
         deadline = time.monotonic() + timeout
         while self.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

@@ -100,7 +100,7 @@ def _start_debug(app: Any, settings: Settings, generation: str, loop: asyncio.Ab
     metrics.set_gauge("worker_generation", float(generation), "Generation of this worker.")
     path = os.path.join(worker_debug_dir(settings.instance_name()), f"{os.getpid()}.sock")
     server = DebugServer(bind_debug(f"unix:{path}"), metrics=metrics, main_loop=loop,
-                         extra=lambda: {"generation": int(generation)})
+                         token=settings.debug_token or None, extra=lambda: {"generation": int(generation)})
     server.start()
     return MetricsMiddleware(app, metrics), server
 
@@ -142,6 +142,11 @@ async def _serve(app: Any, kind: str, settings: Settings, control: socket.socket
                 writer.write(b'{"event": "live"}\n')
                 await writer.drain()
             elif cmd == "drain":
+                # Acknowledge only once our listeners are closed: the supervisor reports a reload
+                # done when no old worker can accept a new connection any more.
+                server.stop_accepting()
+                writer.write(b'{"event": "draining"}\n')
+                await writer.drain()
                 stop.set()
                 return
 
