@@ -69,6 +69,25 @@ def test_failed_reload_rolls_back(liveswap, behaviour: str, expect: str) -> None
     assert get(inst).headers["x-app-version"] == "3"
 
 
+def test_reloads_during_a_reload_are_coalesced(liveswap) -> None:  # type: ignore[no-untyped-def]
+    inst = liveswap()
+    inst.write_state("2 slow-import")
+    mark = inst.mark()
+    first = subprocess.Popen([sys.executable, "-m", "liveswap", "reload", "--name", inst.name], env=inst.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    inst.wait_for(r"slow import of version 2", start=mark)
+    inst.write_state("3")
+    later = [subprocess.Popen([sys.executable, "-m", "liveswap", "reload", "--name", inst.name], env=inst.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    out, _ = first.communicate(timeout=60)
+    assert "generation 2 live" in out
+    for p in later:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0 and "generation 3 live" in out, out + err  # one transaction for all three
+    assert get(inst).headers["x-app-version"] == "3"
+    assert inst.status()["reloads_ok"] == 2
+
+
 def test_import_error_shows_end_of_traceback(liveswap) -> None:  # type: ignore[no-untyped-def]
     inst = liveswap()
     inst.write_state("2 fail-import")

@@ -112,7 +112,8 @@ class Supervisor:
                 await self.debug.start()
                 log.info("debug server on %s (all workers: /metrics, /workers/<pid>/)", self.debug.url)
             self.spawner.start()
-            outcome = await self._transaction("initial start")
+            # Through the reload queue, so that a reload asked for while we start waits its turn.
+            outcome = await self.request_reload("initial start")
             if not outcome["ok"]:
                 log.error("could not start %s: %s", self.settings.app, outcome["error"])
                 if outcome.get("detail"):
@@ -331,8 +332,9 @@ class Supervisor:
             fut.set_result({"ok": False, "error": "the instance is stopping"})
             return fut
         self.waiting.append((fut, reason))
-        log.info("reload requested (%s)%s", reason, "; coalesced with the next transaction"
-                 if self.reload_task is not None else "")
+        if self.live is not None or self.reload_task is not None:
+            log.info("reload requested (%s)%s", reason, "; coalesced with the next transaction"
+                     if self.reload_task is not None else "")
         if self.reload_task is None:
             self.reload_task = self._spawn_task(self._reloads())
         return fut

@@ -1,7 +1,7 @@
 """Test app whose code "version" and boot behaviour come from a file, re-read at every import.
 
 The file named by $LIVESWAP_TEST_STATE holds one line: a version string, optionally followed by a
-behaviour: "fail-import", "hang-import", "fail-startup", "unhealthy", "hang-shutdown", "crash-soon".
+behaviour: "fail-import", "hang-import", "fail-startup", "unhealthy", "hang-shutdown", "crash-soon", "slow-import".
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ if BEHAVIOUR == "fail-import":
     raise RuntimeError(f"broken code in version {VERSION}")
 if BEHAVIOUR == "hang-import":
     time.sleep(3600)
+if BEHAVIOUR == "slow-import":
+    print(f"slow import of version {VERSION}", flush=True)
+    time.sleep(2.5)
 
 
 def _headers(extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
