@@ -131,8 +131,11 @@ def machine_info() -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
                                 text=True, timeout=10).stdout.strip()
+        # Others may be editing the tree while we run: say which source files differ from the commit.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=HERE.parent, capture_output=True,
+                               text=True, timeout=10).stdout.splitlines()
     except OSError:
-        commit = ""
+        commit, dirty = "", []
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
@@ -145,6 +148,7 @@ def machine_info() -> dict[str, Any]:
         "httptools": version("httptools"),
         "wrk": (wrk.stdout + wrk.stderr).splitlines()[0].strip() if (wrk.stdout + wrk.stderr) else "?",
         "git_commit": commit,
+        "git_uncommitted_src": [line.strip() for line in dirty],
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
     }
 

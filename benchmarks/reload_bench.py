@@ -150,6 +150,7 @@ def measure_reload(srv: Server, method: str) -> dict[str, Any]:
     t1 = wait_for_version(srv.port, str(new), t0 + 30, errors=errors)
     out["ms"] = (t1 - t0) * 1000
     out["probe_errors"] = len(errors)
+    out["probe_error_kinds"] = {kind: errors.count(kind) for kind in sorted(set(errors))}
     if cli is not None:
         text, _ = cli.communicate(timeout=60)
         out["cli_ms"] = (time.perf_counter() - t0) * 1000  # an upper bound: we polled first

@@ -14,6 +14,7 @@ Tested against uvicorn's httptools and h11 protocols (the versions pinned in pyp
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -46,7 +47,12 @@ _431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/pla
 
 
 class _Guard:
-    """The mixin. Relies on uvicorn's attributes: transport, cycle, loop, connections."""
+    """The mixin. Relies on uvicorn's attributes: transport, cycle, loop, scope.
+
+    It sits on every request's path, so it keeps per-request work to a few attribute stores: no
+    timer per request (the server's once-a-tick ``expire`` sweep enforces the header timeout), and
+    the exact header size is only summed when the bytes received could exceed the limit.
+    """
 
     limits: Limits
     scope: Any
@@ -57,55 +63,51 @@ class _Guard:
 
     _in_headers: bool
     _header_bytes: int
-    _header_timer: asyncio.TimerHandle | None
+    _head_since: float  # when the head being read started arriving; 0.0 when not reading a head
     _idle_timer: asyncio.TimerHandle | None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._in_headers = True
         self._header_bytes = 0
-        self._header_timer = None
-        self._idle_timer = None
         # The first request's clock starts at accept: a client that connects and says nothing is cut too.
-        self._arm_header_timer()
+        self._head_since = time.monotonic()
+        self._idle_timer = None
         if self.limits.draining:  # accepted just before the listener closed
             self.drain()
 
-    def _arm_header_timer(self) -> None:
-        if self.limits.header_timeout > 0 and self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timeout)
-
-    def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _header_timeout(self) -> None:
-        self._header_timer = None
-        if self._in_headers and not self.transport.is_closing():
-            self.limits.slow_clients_cut += 1
-            self.transport.write(_408)
-            self.transport.close()
+    def expire(self, now: float) -> None:
+        """Called by the server every tick: answer 408 and close if the head is overdue."""
+        since = self._head_since
+        if since and now - since > self.limits.header_timeout > 0 and self._in_headers:
+            self._head_since = 0.0
+            if not self.transport.is_closing():
+                self.limits.slow_clients_cut += 1
+                self.transport.write(_408)
+                self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if not self._in_headers:  # body bytes of the request being served
+            super().data_received(data)  # type: ignore[misc]
+            return
         if self._idle_timer is not None:  # a request is arriving on a draining connection: answer it
             self._idle_timer.cancel()
             self._idle_timer = None
-        if self._in_headers:
-            self._arm_header_timer()
-            self._header_bytes += len(data)
+        if not self._head_since:
+            self._head_since = time.monotonic()
+        self._header_bytes += len(data)
         before = self.cycle
         super().data_received(data)  # type: ignore[misc]
         if self.cycle is not before and self.cycle is not None:
-            # The parser finished a request's headers.
+            # The parser finished a request's head.
             self._in_headers = False
             self._header_bytes = 0
-            self._disarm()
+            self._head_since = 0.0
             if self.limits.draining:
                 self.cycle.keep_alive = False
-        elif self._in_headers and self._header_bytes > self.limits.max_header_bytes:
+        elif self._header_bytes > self.limits.max_header_bytes:
             self.limits.oversized_headers += 1
-            self._disarm()
+            self._head_since = 0.0
             if not self.transport.is_closing():
                 self.transport.write(_431)
                 self.transport.close()
@@ -116,7 +118,7 @@ class _Guard:
         self._header_bytes = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._head_since = 0.0
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -144,6 +146,8 @@ class _Guard:
     # place to refuse a head that arrived whole in one read but is over the limit.
     @property
     def app(self) -> Any:
+        if self._header_bytes <= self.limits.max_header_bytes:
+            return self._app  # the head is part of what was received: certainly within the limit
         size = len(self.scope.get("raw_path", b"")) + len(self.scope.get("query_string", b"")) + 16
         for name, value in self.scope["headers"]:
             size += len(name) + len(value) + 4

@@ -97,9 +97,22 @@ class WorkerServer:
         self.state.default_headers = date + self.config.encoded_headers
 
     async def _tick(self) -> None:
+        # Once a second (more often for short header timeouts): the Date header, and the sweep that
+        # cuts off clients whose request head is overdue (cheaper than a timer per request).
+        timeout = self.limits.header_timeout
+        interval = min(1.0, max(0.05, timeout / 4)) if timeout > 0 else 1.0
+        last_date = 0.0
         while True:
-            await asyncio.sleep(1.0)
-            self._refresh_headers()
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if now - last_date >= 1.0:
+                self._refresh_headers()
+                last_date = now
+            if timeout > 0:
+                for conn in list(self.state.connections):
+                    expire = getattr(conn, "expire", None)
+                    if expire is not None:
+                        expire(now)
 
     async def serve_connection(self, sock: socket.socket) -> None:
         """Serve one already-connected socket (the supervisor's private health channel)."""
