@@ -7,7 +7,9 @@ new version; after each one the app must report it. Zero failures is the only pa
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 
 import httpx
@@ -128,3 +130,23 @@ def test_websocket_closed_with_1012_on_reload(liveswap) -> None:  # type: ignore
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=10)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+
+
+def test_sighup_to_the_whole_process_group_reloads_without_losing_anything(liveswap) -> None:  # type: ignore[no-untyped-def]
+    # A terminal hang-up or `kill -HUP -PGID` reaches the workers and the template too: only the
+    # supervisor may act on it.
+    inst = liveswap(args=["--workers", "2"])
+    lc = LoadClient(host=inst.host, port=inst.port, mode="keepalive", concurrency=6, timeout=15.0)
+    lc.start()
+    try:
+        for i in range(3):
+            inst.write_state(f"g{i}")
+            mark = inst.mark()
+            os.killpg(inst.proc.pid, signal.SIGHUP)
+            inst.wait_for(rf"reload ok: generation {i + 2} live", start=mark)
+        lc.wait_for(lambda r: "g2" in r.versions, timeout=15)
+    finally:
+        result = lc.stop()
+    assert result.failed == 0, result.summary()
+    assert "exited unexpectedly" not in inst.output()
+    assert inst.status()["restarts"] == 0

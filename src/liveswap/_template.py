@@ -149,7 +149,8 @@ def main() -> None:
     supervisor = int(os.environ.pop("LIVESWAP_SUPERVISOR_PID"))
     chan = socket.socket(fileno=int(os.environ.pop("LIVESWAP_TEMPLATE_FD")))
     die_with_parent(supervisor)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # group-wide signals are the supervisor's to act on
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     started = time.perf_counter()
     # Everything a worker needs before it imports the app; never the app itself.
     import liveswap.worker.supervised  # noqa: F401

@@ -302,6 +302,12 @@ class Supervisor:
         return int(parts[1])
 
     async def _read_worker(self, worker: Worker, reader: asyncio.StreamReader) -> None:
+        try:
+            await self._read_worker_lines(worker, reader)
+        except (ConnectionError, ValueError):
+            pass  # the worker died (its exit is handled when it is reaped) or sent an overlong line
+
+    async def _read_worker_lines(self, worker: Worker, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():
             try:
                 msg = json.loads(line)

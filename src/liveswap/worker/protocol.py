@@ -47,28 +47,29 @@ _431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/pla
 
 
 class _Guard:
-    """The mixin. Relies on uvicorn's attributes: transport, cycle, loop, scope.
+    """The mixin. Relies on uvicorn's attributes: transport, cycle, loop, scope, app.
 
-    It sits on every request's path, so it keeps per-request work to a few attribute stores: no
-    timer per request (the server's once-a-tick ``expire`` sweep enforces the header timeout), and
-    the exact header size is only summed when the bytes received could exceed the limit.
+    It sits on every request's path, so it overrides a single per-request method
+    (``data_received``) and keeps the work there to a few attribute operations: whether a head is
+    being read is derived from ``self.cycle`` (none yet, or its response is complete); the header
+    timeout is enforced by the server's once-a-tick ``expire`` sweep, not by a timer per request;
+    the exact header size is only summed when the bytes received exceed the limit.
     """
 
     limits: Limits
     scope: Any
-    _app: Any
+    app: Any
     transport: asyncio.Transport
     cycle: Any
     loop: asyncio.AbstractEventLoop
+    _base_data_received: Any
 
-    _in_headers: bool
-    _header_bytes: int
-    _head_since: float  # when the head being read started arriving; 0.0 when not reading a head
+    _header_bytes: int  # bytes received since the head being read started
+    _head_since: float  # when it started (at accept for the first one); 0.0 when not reading a head
     _idle_timer: asyncio.TimerHandle | None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
-        self._in_headers = True
         self._header_bytes = 0
         # The first request's clock starts at accept: a client that connects and says nothing is cut too.
         self._head_since = time.monotonic()
@@ -79,7 +80,7 @@ class _Guard:
     def expire(self, now: float) -> None:
         """Called by the server every tick: answer 408 and close if the head is overdue."""
         since = self._head_since
-        if since and now - since > self.limits.header_timeout > 0 and self._in_headers:
+        if since and now - since > self.limits.header_timeout > 0:
             self._head_since = 0.0
             if not self.transport.is_closing():
                 self.limits.slow_clients_cut += 1
@@ -87,35 +88,38 @@ class _Guard:
                 self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if not self._in_headers:  # body bytes of the request being served
-            super().data_received(data)  # type: ignore[misc]
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:  # body bytes of the request being served
+            self._base_data_received(data)
             return
         if self._idle_timer is not None:  # a request is arriving on a draining connection: answer it
             self._idle_timer.cancel()
             self._idle_timer = None
         if not self._head_since:
             self._head_since = time.monotonic()
-        self._header_bytes += len(data)
-        before = self.cycle
-        super().data_received(data)  # type: ignore[misc]
-        if self.cycle is not before and self.cycle is not None:
-            # The parser finished a request's head.
-            self._in_headers = False
             self._header_bytes = 0
+        size = self._header_bytes = self._header_bytes + len(data)
+        if size <= self.limits.max_header_bytes:
+            self._base_data_received(data)
+        else:
+            # Rare: the head may be over the limit. uvicorn reads self.app to start the request
+            # once the head is parsed; let it find the size check there for this one read.
+            app = self.app
+            self.app = _HeadCheck(app, self.limits)
+            try:
+                self._base_data_received(data)
+            finally:
+                self.app = app
+        if self.cycle is not cycle:  # the parser finished a request's head
             self._head_since = 0.0
             if self.limits.draining:
                 self.cycle.keep_alive = False
-        elif self._header_bytes > self.limits.max_header_bytes:
+        elif size > self.limits.max_header_bytes:  # still no end of the head in sight
             self.limits.oversized_headers += 1
             self._head_since = 0.0
             if not self.transport.is_closing():
                 self.transport.write(_431)
                 self.transport.close()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()  # type: ignore[misc]
-        self._in_headers = True
-        self._header_bytes = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_since = 0.0
@@ -129,45 +133,45 @@ class _Guard:
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.keep_alive = False  # the response in progress says Connection: close
-        elif self._in_headers and self._header_bytes > 0:
-            pass  # a request is arriving: its headers will set keep_alive = False
+        elif self._head_since and self._header_bytes:
+            pass  # a request is arriving: its head will set keep_alive = False
         elif self._idle_timer is None and not self.transport.is_closing():
             self._idle_timer = self.loop.call_later(self.limits.idle_grace, self._idle_close)
 
     def _idle_close(self) -> None:
         self._idle_timer = None
-        if not self.transport.is_closing() and self._in_headers and self._header_bytes == 0:
+        cycle = self.cycle
+        idle = cycle is None or cycle.response_complete
+        if idle and not (self._head_since and self._header_bytes) and not self.transport.is_closing():
             self.transport.close()
 
     def shutdown(self) -> None:
         self.drain()
 
-    # uvicorn reads ``self.app`` once per request, right after parsing its head, to start it: the
-    # place to refuse a head that arrived whole in one read but is over the limit.
-    @property
-    def app(self) -> Any:
-        if self._header_bytes <= self.limits.max_header_bytes:
-            return self._app  # the head is part of what was received: certainly within the limit
-        size = len(self.scope.get("raw_path", b"")) + len(self.scope.get("query_string", b"")) + 16
-        for name, value in self.scope["headers"]:
+
+class _HeadCheck:
+    """The app as seen by a request whose head might exceed the limit: 431, or the real app."""
+
+    def __init__(self, app: Any, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        size = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + 16
+        for name, value in scope.get("headers", ()):
             size += len(name) + len(value) + 4
-        if size > self.limits.max_header_bytes:
-            self.limits.oversized_headers += 1
-            return _reject_431
-        return self._app
-
-    @app.setter
-    def app(self, value: Any) -> None:
-        self._app = value
-
-
-async def _reject_431(scope: Any, receive: Any, send: Any) -> None:
-    await send({"type": "http.response.start", "status": 431,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": b"Request header fields too large.\n"})
+        if size <= self.limits.max_header_bytes:
+            await self.app(scope, receive, send)
+            return
+        self.limits.oversized_headers += 1
+        await send({"type": "http.response.start", "status": 431,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": b"Request header fields too large.\n"})
 
 
 class GuardedH11Protocol(_Guard, H11Protocol):  # type: ignore[misc]
+    _base_data_received = H11Protocol.data_received
+
     def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
@@ -176,6 +180,8 @@ class GuardedH11Protocol(_Guard, H11Protocol):  # type: ignore[misc]
 if HttpToolsProtocol is not None:
 
     class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):  # type: ignore[misc]
+        _base_data_received = HttpToolsProtocol.data_received
+
         def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.limits = limits

@@ -50,8 +50,10 @@ def main() -> int:
     settings = Settings(**json.loads(env["LIVESWAP_SETTINGS"]))
     generation = env.get("LIVESWAP_GENERATION", "?")
     setup_logging(settings.log_level, role=f"gen={generation}", access_log=settings.access_log)
-    # Ctrl-C in a terminal signals the whole process group: the supervisor decides, not us.
+    # Ctrl-C, a terminal hang-up or `kill -HUP -PGID` signal the whole process group: the
+    # supervisor decides what they mean (drain, reload), not each worker on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     control = socket.socket(fileno=int(env.pop("LIVESWAP_CONTROL_FD")))
     health = socket.socket(fileno=int(env.pop("LIVESWAP_HEALTH_FD")))
     listeners = inherit_listen_fds(env) or []
