@@ -12,14 +12,15 @@ If a file of anything it preloaded has changed since (a deploy upgraded a librar
 Protocol on the SOCK_SEQPACKET pair (one JSON object per message):
   template -> supervisor  {"op": "ready", "import_ms": ...}
   supervisor -> template  {"op": "spawn", "id": N, "env": {...}} with SCM_RIGHTS [control_fd, health_fd]
-  template -> supervisor  {"op": "spawned", "id": N, "pid": P} | {"op": "stale", "id": N}
-                          | {"op": "error", "id": N, "error": "..."}
+  template -> supervisor  {"op": "spawned", "id": N, "pid": P} (sent by the intermediate process)
+                          | {"op": "stale", "id": N} | {"op": "error", "id": N, "error": "..."}
 """
 
 from __future__ import annotations
 
 import array
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -85,31 +86,33 @@ def _recv(chan: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return json.loads(msg), list(fds)
 
 
-def _spawn(chan: socket.socket, supervisor: int, request: dict[str, Any], fds: list[int]) -> int:
-    """Double-fork a worker; returns its pid."""
-    rpipe, wpipe = os.pipe()
+def _spawn(chan: socket.socket, supervisor: int, request: dict[str, Any], fds: list[int]) -> None:
+    """Double-fork a worker. The intermediate process reports the worker's pid to the supervisor
+    itself, so the template can fork the next worker of the generation right away."""
     middle = os.fork()
     if middle == 0:
         try:
-            os.close(rpipe)
             pid = os.fork()
             if pid == 0:
-                os.close(wpipe)
                 _become_worker(chan, supervisor, request, fds)
-            os.write(wpipe, str(pid).encode())
+            chan.send(json.dumps({"op": "spawned", "id": request.get("id"), "pid": pid}).encode())
+        except OSError as exc:
+            chan.send(json.dumps({"op": "error", "id": request.get("id"), "error": str(exc)}).encode())
         finally:
             os._exit(0)
-    os.close(wpipe)
-    data = b""
-    while chunk := os.read(rpipe, 64):
-        data += chunk
-    os.close(rpipe)
-    os.waitpid(middle, 0)
     for fd in fds:
         os.close(fd)
-    if not data:
-        raise OSError("fork failed in the intermediate process")
-    return int(data)
+
+
+def _reap() -> None:
+    """Collect exited intermediates (each lives only for one fork)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _become_worker(chan: socket.socket, supervisor: int, request: dict[str, Any], fds: list[int]) -> None:
@@ -166,6 +169,10 @@ def main() -> None:
             preload_errors.append(f"{name}: {type(exc).__name__}: {exc}")
     import_ms = (time.perf_counter() - started) * 1000
     files = _fingerprint()
+    # Move everything imported so far out of the collector's reach: a worker's first collections
+    # then do not write to (and so copy) every page it shares with the template.
+    gc.collect()
+    gc.freeze()
     chan.send(json.dumps({"op": "ready", "import_ms": import_ms, "preload_errors": preload_errors}).encode())
     while True:
         try:
@@ -179,11 +186,10 @@ def main() -> None:
             chan.send(json.dumps({"op": "stale", "id": rid}).encode())
             return
         try:
-            pid = _spawn(chan, supervisor, request, fds)
+            _spawn(chan, supervisor, request, fds)
         except OSError as exc:
             chan.send(json.dumps({"op": "error", "id": rid, "error": str(exc)}).encode())
-        else:
-            chan.send(json.dumps({"op": "spawned", "id": rid, "pid": pid}).encode())
+        _reap()
 
 
 if __name__ == "__main__":

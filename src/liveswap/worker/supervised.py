@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -46,6 +47,7 @@ def _send(control: socket.socket, **message: Any) -> None:
 
 def main() -> int:
     """Entry point in a freshly forked worker; the environment says everything."""
+    t0 = time.perf_counter()
     env = os.environ
     settings = Settings(**json.loads(env["LIVESWAP_SETTINGS"]))
     generation = env.get("LIVESWAP_GENERATION", "?")
@@ -71,13 +73,15 @@ def main() -> int:
         log.error("cannot load %s:\n%s", settings.app, detail)
         _send(control, event="boot_error", error=f"{type(exc).__name__}: {exc}", detail=detail)
         return EXIT_BOOT_ERROR
+    import_ms = (time.perf_counter() - t0) * 1000
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     debug = None
     if settings.debug_bind:
         app, debug = _start_debug(app, settings, generation, loop)
     try:
-        return loop.run_until_complete(_serve(app, kind, settings, control, health, [lst.sock for lst in listeners]))
+        return loop.run_until_complete(_serve(app, kind, settings, control, health, [lst.sock for lst in listeners],
+                                              (t0, import_ms)))
     finally:
         if debug is not None:
             debug.stop()
@@ -108,7 +112,7 @@ def _start_debug(app: Any, settings: Settings, generation: str, loop: asyncio.Ab
 
 
 async def _serve(app: Any, kind: str, settings: Settings, control: socket.socket, health: socket.socket,
-                 sockets: list[socket.socket]) -> int:
+                 sockets: list[socket.socket], timing: tuple[float, float]) -> int:
     loop = asyncio.get_running_loop()
     server = WorkerServer(app, sockets, keepalive_timeout=settings.keepalive_timeout,
                           header_timeout=settings.header_timeout, max_header_bytes=settings.max_header_bytes,
@@ -125,6 +129,8 @@ async def _serve(app: Any, kind: str, settings: Settings, control: socket.socket
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     notify.notify(READY=1, STATUS=f"{kind} app {settings.app} started")
+    t0, import_ms = timing
+    log.info("ready in %.1f ms (%s app imported in %.1f ms)", (time.perf_counter() - t0) * 1000, kind, import_ms)
     orphaned = False
 
     async def commands() -> None:
