@@ -60,7 +60,6 @@ class Supervisor:
         self.early_notify: dict[int, list[dict[str, str]]] = {}
         self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.stopping = False
-        self.fast = False
         self.reload_task: asyncio.Task[None] | None = None
         self.waiting: list[tuple[asyncio.Future[dict[str, Any]], str]] = []
         self.last_reload: dict[str, Any] | None = None
@@ -114,6 +113,8 @@ class Supervisor:
             self.spawner.start()
             # Through the reload queue, so that a reload asked for while we start waits its turn.
             outcome = await self.request_reload("initial start")
+            if not outcome["ok"] and self.stopping:  # stopped (SIGTERM, liveswap stop) while starting
+                return await self._stopped
             if not outcome["ok"]:
                 log.error("could not start %s: %s", self.settings.app, outcome["error"])
                 if outcome.get("detail"):
@@ -498,7 +499,14 @@ class Supervisor:
         self.spawner.close()
         waits = [w.exited for g in self.generations for w in g.workers if not w.exited.done()]
         if waits:
-            await asyncio.wait(waits)
+            # Draining workers are hammered at the drain timeout; this deadline only guards against
+            # an exit we never get to see.
+            _, pending = await asyncio.wait(waits, timeout=self.settings.drain_timeout + 10.0)
+            if pending:
+                log.error("%d worker(s) did not exit; leaving them to PR_SET_PDEATHSIG", len(pending))
+                for g in self.generations:
+                    for w in g.alive():
+                        w.state = WorkerState.DEAD
         if self.spawner.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.spawner.pid, signal.SIGKILL)
@@ -507,7 +515,6 @@ class Supervisor:
     def _fast_stop(self) -> None:
         alive = [w for g in self.generations for w in g.alive()]
         log.warning("second SIGINT: stopping now; killing %d worker(s)", len(alive))
-        self.fast = True
         for w in alive:
             self._kill(w)
 
