@@ -219,3 +219,22 @@ def test_socket_activation_and_ready_notification(served, tmp_path: Path) -> Non
             s.close()
     finally:
         rx.close()
+
+
+def test_body_after_an_early_response_is_not_taken_for_headers(served) -> None:  # type: ignore[no-untyped-def]
+    # /ok answers without reading the body; the rest of a large upload must not count as the
+    # next request's head (no 431, no 408): the connection stays usable.
+    _, url, _ = served()
+    with socket.create_connection(_addr(url), timeout=10) as s:
+        body = b"x" * 200_000
+        s.sendall(b"POST /ok HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body[:1000])
+        first = s.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        s.sendall(body[1000:])
+        s.sendall(b"GET /again HTTP/1.1\r\nhost: x\r\n\r\n")
+        data = b""
+        while b"/again done" not in data:
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+        assert b"431" not in data and b"408" not in data

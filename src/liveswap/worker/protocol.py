@@ -89,7 +89,8 @@ class _Guard:
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:  # body bytes of the request being served
+        if cycle is not None and (not cycle.response_complete or cycle.more_body):
+            # Body bytes of the request being served (also after an early response).
             self._base_data_received(data)
             return
         if self._idle_timer is not None:  # a request is arriving on a draining connection: answer it
