@@ -1,8 +1,8 @@
-"""Where liveswap's per-request cost goes: uvicorn alone, uvicorn with liveswap's worker protocol
-uvicorn's protocol with empty Python overrides of the same
-per-request methods (the floor for any mixin), and liveswap itself; one worker each, interleaved.
+"""Where liveswap's per-request cost goes: uvicorn alone, uvicorn with liveswap's worker protocol,
+uvicorn's protocol with an empty Python override of the per-request method that protocol overrides
+(the floor for any such mixin), and ``liveswap run``; one worker each, interleaved.
 
-    .venv/bin/python benchmarks/protocol_overhead.py           # 4 rounds x 5 variants x 4 s, ~2.5 min
+    .venv/bin/python benchmarks/protocol_overhead.py           # 4 rounds x 4 variants x 4 s, ~2 min
     .venv/bin/python benchmarks/protocol_overhead.py --quick
 
 The measure is requests per CPU-second of the server's processes (wrk -t2 -c64, keep-alive GET),

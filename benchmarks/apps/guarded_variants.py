@@ -1,8 +1,7 @@
 """liveswap's worker protocol as plain uvicorn ``--http`` classes, to price it apart from the rest.
 
-    uvicorn bench_app:app --http guarded_variants:Guarded             # the protocol liveswap's workers run
-    uvicorn bench_app:app --http guarded_variants:GuardedNo431Check   # the same, the 431 ``app`` property off
-    uvicorn bench_app:app --http guarded_variants:PassThrough         # uvicorn's protocol with empty overrides
+    uvicorn bench_app:app --http guarded_variants:Guarded       # the protocol liveswap's workers run
+    uvicorn bench_app:app --http guarded_variants:PassThrough   # uvicorn's protocol with an empty override
 
 Defaults as ``liveswap run``: header timeout 10 s, 64 KiB header limit, 1 s idle grace. Plain
 uvicorn has no tick sweep, so the header timeout is not enforced here: only the per-request cost

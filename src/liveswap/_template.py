@@ -44,6 +44,16 @@ def prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
 
 
+def adopted_by(parent: int, timeout: float = 5.0) -> None:
+    """Wait until ``parent`` is our parent (we were forked by a process that exits), then die with it."""
+    deadline = time.monotonic() + timeout
+    while os.getppid() != parent:
+        if time.monotonic() > deadline:
+            os._exit(4)
+        time.sleep(0.0002)
+    die_with_parent(parent)
+
+
 def die_with_parent(parent: int) -> None:
     """SIGKILL us when ``parent`` dies (checked again after setting it: it may already be gone)."""
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -119,13 +129,10 @@ def _become_worker(chan: socket.socket, supervisor: int, request: dict[str, Any]
     code = 1
     try:
         chan.close()
-        # Our parent (the intermediate) exits now; wait until we are the supervisor's child.
-        deadline = time.monotonic() + 5.0
-        while os.getppid() != supervisor:
-            if time.monotonic() > deadline:
-                os._exit(4)
-            time.sleep(0.0002)
-        die_with_parent(supervisor)
+        # Our parent (the intermediate) is exiting; we become the supervisor's child when it is
+        # gone. The worker checks that (and asks to die with the supervisor) before it reports
+        # ready: waiting here would put the intermediate's exit on every reload's critical path.
+        os.environ["LIVESWAP_SUPERVISOR_PID"] = str(supervisor)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         control_fd, health_fd = fds
@@ -173,6 +180,7 @@ def main() -> None:
     # then do not write to (and so copy) every page it shares with the template.
     gc.collect()
     gc.freeze()
+    checked = 0.0
     chan.send(json.dumps({"op": "ready", "import_ms": import_ms, "preload_errors": preload_errors}).encode())
     while True:
         try:
@@ -180,11 +188,14 @@ def main() -> None:
         except (EOFError, ConnectionError):
             return
         rid = request.get("id")
-        if _stale(files):
+        # One check per generation: the other workers' requests arrive within milliseconds.
+        now = time.monotonic()
+        if now - checked > 0.05 and _stale(files):
             for fd in fds:
                 os.close(fd)
             chan.send(json.dumps({"op": "stale", "id": rid}).encode())
             return
+        checked = now
         try:
             _spawn(chan, supervisor, request, fds)
         except OSError as exc:

@@ -91,10 +91,12 @@ def serve(
             asgi = WSGIMiddleware(app)
         else:
             asgi = app
-    from .debug import Metrics, MetricsMiddleware
+    metrics = None
+    if debug:  # requests are counted for the debug server's /metrics; without it, nothing to pay for
+        from .debug import Metrics, MetricsMiddleware
 
-    metrics = Metrics()
-    asgi = MetricsMiddleware(asgi, metrics)
+        metrics = Metrics()
+        asgi = MetricsMiddleware(asgi, metrics)
     listeners = inherit_listen_fds(os.environ)
     if listeners is None:
         listeners = bind_all(binds or d.bind)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import threading
 import time
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -46,13 +45,20 @@ _GAUGE_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _RESERVED = ("http_requests_total", "http_requests_in_flight", "http_request_duration_seconds")
 
 
+_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx", "other", "other", "other", "other")
+
+
 def _status_class(status: int) -> str:
-    first = status // 100
-    return f"{first}xx" if 1 <= first <= 5 else "other"
+    return _CLASSES[status // 100] if 0 <= status < 1000 else "other"
 
 
 class Metrics:
-    """Thread-safe request metrics of one process. Cheap to update: one uncontended lock per call."""
+    """Request metrics of one process, updated on every request, so kept cheap: no lock.
+
+    ``request_started``/``request_finished`` are called from one thread, the server's event loop
+    (the middleware runs there, also for WSGI apps); ``snapshot`` may run on any thread: each copy
+    it takes is atomic under the GIL, so at worst its fields are a request or two apart.
+    """
 
     def __init__(self, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
         bounds = tuple(float(b) for b in buckets)
@@ -62,7 +68,6 @@ class Metrics:
                 f"(the +Inf bucket is implicit); e.g. {list(DEFAULT_BUCKETS)!r}"
             )
         self.buckets = bounds
-        self._lock = threading.Lock()
         self._requests: dict[tuple[str, str], int] = {}
         self._in_flight = 0
         self._bucket_counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; last is (max, +Inf)
@@ -70,18 +75,17 @@ class Metrics:
         self._gauges: dict[str, tuple[float, str]] = {}
 
     def request_started(self) -> None:
-        with self._lock:
-            self._in_flight += 1
+        self._in_flight += 1
 
     def request_finished(self, method: str, status: int, duration: float) -> None:
         """Count one finished request; ``status`` 500 for a request that ended in an exception."""
         key = (method if method in _METHODS else "OTHER", _status_class(status))
-        index = bisect_left(self.buckets, duration)  # le semantics: duration == bound falls in that bucket
-        with self._lock:
-            self._in_flight -= 1
-            self._requests[key] = self._requests.get(key, 0) + 1
-            self._bucket_counts[index] += 1
-            self._duration_sum += duration
+        self._in_flight -= 1
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
+        # le semantics: a duration equal to a bound falls in that bucket
+        self._bucket_counts[bisect_left(self.buckets, duration)] += 1
+        self._duration_sum += duration
 
     def set_gauge(self, name: str, value: float, help: str = "") -> None:
         """Set a host gauge, exported as ``liveswap_<name>`` (e.g. ``generation``, ``reloads``)."""
@@ -91,17 +95,15 @@ class Metrics:
                 f"with a digit, without the {PREFIX!r} prefix (it is added) and not one of {list(_RESERVED)}; "
                 "e.g. set_gauge('generation', 3)"
             )
-        with self._lock:
-            self._gauges[name] = (float(value), help)
+        self._gauges[name] = (float(value), help)
 
     def snapshot(self) -> dict[str, Any]:
         """A consistent, JSON-able copy of every metric of this process."""
-        with self._lock:
-            requests = dict(self._requests)
-            in_flight = self._in_flight
-            counts = list(self._bucket_counts)
-            total = self._duration_sum
-            gauges = dict(self._gauges)
+        requests = dict(self._requests)
+        in_flight = self._in_flight
+        counts = list(self._bucket_counts)
+        total = self._duration_sum
+        gauges = dict(self._gauges)
         pid = str(os.getpid())
         cumulative: list[int] = []
         running = 0

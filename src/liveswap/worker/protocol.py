@@ -47,13 +47,17 @@ _431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/pla
 
 
 class _Guard:
-    """The mixin. Relies on uvicorn's attributes: transport, cycle, loop, scope, app.
+    """The mixin. Relies on uvicorn's attributes: transport, cycle, loop, scope, app and
+    timeout_keep_alive_task.
 
     It sits on every request's path, so it overrides a single per-request method
-    (``data_received``) and keeps the work there to a few attribute operations: whether a head is
-    being read is derived from ``self.cycle`` (none yet, or its response is complete); the header
-    timeout is enforced by the server's once-a-tick ``expire`` sweep, not by a timer per request;
-    the exact header size is only summed when the bytes received exceed the limit.
+    (``data_received``) and keeps the work there to a few attribute operations, without even a
+    clock read:
+    - the header timeout is enforced by the server's once-a-tick ``expire`` sweep, which tells a
+      connection reading a request head from uvicorn's own state (no request in progress, and no
+      keep-alive timer armed: uvicorn arms it when a response completes and cancels it when the
+      next bytes arrive; at accept it is not armed either, so a silent client is cut too);
+    - the exact header size is summed only when the bytes received exceed the limit.
     """
 
     limits: Limits
@@ -62,68 +66,78 @@ class _Guard:
     transport: asyncio.Transport
     cycle: Any
     loop: asyncio.AbstractEventLoop
+    timeout_keep_alive_task: Any
     _base_data_received: Any
 
-    _header_bytes: int  # bytes received since the head being read started
-    _head_since: float  # when it started (at accept for the first one); 0.0 when not reading a head
+    _header_bytes: int  # bytes of the request head being read (0 between requests)
+    _head_mark: Any  # the sweep's bookkeeping: the cycle it saw a head being read after ...
+    _head_since: float  # ... and since when
     _idle_timer: asyncio.TimerHandle | None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._header_bytes = 0
-        # The first request's clock starts at accept: a client that connects and says nothing is cut too.
-        self._head_since = time.monotonic()
+        self._head_mark = None
+        self._head_since = time.monotonic()  # the first request's clock starts at accept
         self._idle_timer = None
         if self.limits.draining:  # accepted just before the listener closed
             self.drain()
 
+    def _reading_head(self) -> bool:
+        cycle = self.cycle
+        if cycle is not None and (not cycle.response_complete or cycle.more_body):
+            return False  # a request is being served (or its body is still arriving)
+        return self.timeout_keep_alive_task is None  # not idle between requests either
+
     def expire(self, now: float) -> None:
-        """Called by the server every tick: answer 408 and close if the head is overdue."""
-        since = self._head_since
-        if since and now - since > self.limits.header_timeout > 0:
-            self._head_since = 0.0
-            if not self.transport.is_closing():
-                self.limits.slow_clients_cut += 1
-                self.transport.write(_408)
-                self.transport.close()
+        """Called by the server every tick: answer 408 and close if a request head is overdue."""
+        if not self._reading_head() or self.transport.is_closing():
+            self._head_mark = False  # nothing to time; the next head starts a new clock
+            return
+        if self._head_mark is not self.cycle:  # a new head since the last tick: start its clock
+            if self._head_mark is not None or self.cycle is not None:
+                self._head_since = now
+            self._head_mark = self.cycle
+        if now - self._head_since > self.limits.header_timeout:
+            self.limits.slow_clients_cut += 1
+            self.transport.write(_408)
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
         if cycle is not None and (not cycle.response_complete or cycle.more_body):
-            # Body bytes of the request being served (also after an early response).
-            self._base_data_received(data)
+            self._base_data_received(data)  # body bytes of the request being served
             return
-        if self._idle_timer is not None:  # a request is arriving on a draining connection: answer it
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        if not self._head_since:
-            self._head_since = time.monotonic()
-            self._header_bytes = 0
-        size = self._header_bytes = self._header_bytes + len(data)
-        if size <= self.limits.max_header_bytes:
-            self._base_data_received(data)
-        else:
-            # Rare: the head may be over the limit. uvicorn reads self.app to start the request
-            # once the head is parsed; let it find the size check there for this one read.
-            app = self.app
-            self.app = _HeadCheck(app, self.limits)
-            try:
-                self._base_data_received(data)
-            finally:
-                self.app = app
+        size = self._header_bytes + len(data)
+        if size > self.limits.max_header_bytes:
+            self._oversized(data, size, cycle)
+            return
+        self._header_bytes = size
+        self._base_data_received(data)
         if self.cycle is not cycle:  # the parser finished a request's head
-            self._head_since = 0.0
+            self._header_bytes = 0
             if self.limits.draining:
                 self.cycle.keep_alive = False
-        elif size > self.limits.max_header_bytes:  # still no end of the head in sight
+
+    def _oversized(self, data: bytes, size: int, cycle: Any) -> None:
+        # Rare: the head may be over the limit. uvicorn reads self.app to start the request once
+        # the head is parsed; let it find the exact size check there for this one read.
+        app = self.app
+        self.app = _HeadCheck(app, self.limits)
+        try:
+            self._base_data_received(data)
+        finally:
+            self.app = app
+        if self.cycle is not cycle:
+            self._header_bytes = 0
+            if self.limits.draining:
+                self.cycle.keep_alive = False
+        elif not self.transport.is_closing():  # still no end of the head in sight
             self.limits.oversized_headers += 1
-            self._head_since = 0.0
-            if not self.transport.is_closing():
-                self.transport.write(_431)
-                self.transport.close()
+            self.transport.write(_431)
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._head_since = 0.0
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -134,16 +148,18 @@ class _Guard:
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.keep_alive = False  # the response in progress says Connection: close
-        elif self._head_since and self._header_bytes:
+        elif self._header_bytes:
             pass  # a request is arriving: its head will set keep_alive = False
         elif self._idle_timer is None and not self.transport.is_closing():
             self._idle_timer = self.loop.call_later(self.limits.idle_grace, self._idle_close)
 
     def _idle_close(self) -> None:
+        # Close only if still idle: a request that arrived in the grace period was (or is being)
+        # answered with Connection: close, which closes the connection after its response.
         self._idle_timer = None
         cycle = self.cycle
-        idle = cycle is None or cycle.response_complete
-        if idle and not (self._head_since and self._header_bytes) and not self.transport.is_closing():
+        idle = cycle is None or (cycle.response_complete and not cycle.more_body)
+        if idle and not self._header_bytes and not self.transport.is_closing():
             self.transport.close()
 
     def shutdown(self) -> None:

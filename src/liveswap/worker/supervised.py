@@ -128,6 +128,11 @@ async def _serve(app: Any, kind: str, settings: Settings, control: socket.socket
     reader, writer = await asyncio.open_connection(sock=control)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    supervisor = os.environ.pop("LIVESWAP_SUPERVISOR_PID", "")
+    if supervisor:  # forked by the template: make sure we die with the supervisor before we serve
+        from .._template import adopted_by
+
+        adopted_by(int(supervisor))
     notify.notify(READY=1, STATUS=f"{kind} app {settings.app} started")
     t0, import_ms = timing
     log.info("ready in %.1f ms (%s app imported in %.1f ms)", (time.perf_counter() - t0) * 1000, kind, import_ms)
