@@ -467,7 +467,9 @@ class Server:
         """No reload in flight: exactly the steady-state set of children (old workers gone)."""
         kids = children(self.pid)
         if self.kind == "liveswap":
-            return len(kids) == self.workers + 1  # the template and the live workers
+            # the template, the live workers and the template's spares (one per worker, already
+            # re-parented to the supervisor, waiting to become the next generation's workers)
+            return len(kids) == 2 * self.workers + 1
         if self.kind.startswith("gunicorn"):
             return len(kids) == self.workers
         if self.kind == "uvicorn-reload":

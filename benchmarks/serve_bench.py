@@ -1,9 +1,10 @@
 """``liveswap.serve()`` with every protection on, against ``uvicorn.run``; and the cost of a profile.
 
-  1. serve    the same app served by ``uvicorn.run(app, ...)`` (apps/run_uvicorn.py) and by
-              ``liveswap.serve(app, ..., debug="127.0.0.1:0")`` (apps/run_serve.py: header timeout,
-              431 limit, max connections, drain, metrics middleware and debug server, all on),
-              interleaved A B B A ..., median req/s and req/CPU-s, and their ratio
+  1. serve    the same app served by ``uvicorn.run(app, ...)`` (apps/run_uvicorn.py), by
+              ``liveswap.serve(app, ..., debug=None)`` (header timeout, 431 limit, max connections,
+              drain: every protection) and by ``liveswap.serve(app, ..., debug="127.0.0.1:0")`` (the
+              same plus the debug server and its metrics middleware), order rotated each round,
+              median req/s and req/CPU-s, and the ratios
   2. profile  serve() under the same load, with ``GET /profile?seconds=D&format=collapsed`` on its
               debug server during the wrk run, against serve() without a profile, interleaved
   3. parts    where serve()'s cost goes: uvicorn.run, + an empty send-wrapping middleware (the floor
@@ -190,11 +191,14 @@ def compare(label: str, a: str, b: str, runs: list[dict[str, Any]], key_a: Any, 
 
 
 def phase_serve(args: argparse.Namespace) -> dict[str, Any]:
-    say(f"\n== 1. liveswap.serve() (all protections, debug server on) vs uvicorn.run, same app "
-        f"(wrk -t2 -c64 -d{args.duration:g}s, {args.rounds} runs each, ABBA-interleaved, 2 s warm-up each) ==")
+    say(f"\n== 1. liveswap.serve() (all protections; debug server off, then on) vs uvicorn.run, same app "
+        f"(wrk -t2 -c64 -d{args.duration:g}s, {args.rounds} runs each, order rotated, 2 s warm-up each) ==")
     runs = []
+    kinds = ["uvicorn.run", "serve(debug=None)", "liveswap.serve"]
     for i in range(args.rounds):
-        order = ["uvicorn.run", "liveswap.serve"] if i % 2 == 0 else ["liveswap.serve", "uvicorn.run"]
+        order = kinds[i % 3:] + kinds[:i % 3]
+        if i % 2:
+            order.reverse()
         for kind in order:
             r = one_run(kind, args.duration, profile=False)
             r["round"] = i
@@ -202,9 +206,11 @@ def phase_serve(args: argparse.Namespace) -> dict[str, Any]:
             say(f"  {kind:15s} {r['rps']:10.1f} req/s  {r['req_per_cpu_s']:8.0f} req/CPU-s  (failures {r['failures']}, "
                 f"latency avg {r['latency_avg']}, load {r['load1']}"
                 + (f", metrics counted {r['metrics_requests']}" if r["metrics_requests"] is not None else "") + ")")
+    protections = compare("ratio serve(debug=None)/uvicorn.run", "uvicorn.run", "serve(debug=None)", runs,
+                          lambda x: x["server"] == "uvicorn.run", lambda x: x["server"] == "serve(debug=None)")
     summary = compare("ratio serve()/uvicorn.run", "uvicorn.run", "liveswap.serve", runs,
                       lambda x: x["server"] == "uvicorn.run", lambda x: x["server"] == "liveswap.serve")
-    return {"runs": runs, **summary}
+    return {"runs": runs, "protections_only": protections, **summary}
 
 
 def phase_profile(args: argparse.Namespace) -> dict[str, Any]:

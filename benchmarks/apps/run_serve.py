@@ -1,11 +1,11 @@
 """``liveswap.serve`` on the benchmark app with every protection on: ``python run_serve.py PORT``.
 
-The defaults enable the header timeout, the 431 limit, max connections, the drain on signals and
-the metrics middleware; ``debug="127.0.0.1:0"`` adds the debug server on a free loopback port,
-which serve() logs at info level ("debug server on http://127.0.0.1:N/"): the benchmark reads it
-there. Nothing is logged per request at info (the access log is off).
+The defaults enable the header timeout, the 431 limit, max connections and the drain on signals;
+``debug="127.0.0.1:0"`` adds the debug server (and its metrics middleware) on a free loopback
+port, which serve() logs at info level ("debug server on http://127.0.0.1:N/"): the benchmark
+reads it there. Nothing is logged per request at info (the access log is off).
 
-    --no-debug   debug=None: no debug server (the metrics middleware stays; serve() always adds it)
+    --no-debug   debug=None: no debug server, and so no metrics middleware either
 """
 
 from __future__ import annotations

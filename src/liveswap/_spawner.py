@@ -28,8 +28,10 @@ class TemplateGone(Exception):
 class Spawner:
     """Owns the template process and turns spawn requests into worker pids."""
 
-    def __init__(self, listeners: Sequence[Listener], preload: Sequence[str], env: dict[str, str]) -> None:
+    def __init__(self, listeners: Sequence[Listener], preload: Sequence[str], env: dict[str, str],
+                 spares: int = 0) -> None:
         self.listeners = list(listeners)
+        self.spares = spares
         self.preload = list(preload)
         self.env = env
         self.pid = 0
@@ -53,6 +55,7 @@ class Spawner:
             "LIVESWAP_SUPERVISOR_PID": str(os.getpid()),
             "LIVESWAP_TEMPLATE_FD": str(SD_LISTEN_FDS_START + len(self.listeners)),
             "LIVESWAP_PRELOAD": json.dumps(self.preload),
+            "LIVESWAP_SPARES": str(self.spares),
         })
         try:
             self.pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "liveswap._template"], env,

@@ -24,6 +24,7 @@ import gc
 import importlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -125,10 +126,11 @@ def _reap() -> None:
             return
 
 
-def _become_worker(chan: socket.socket, supervisor: int, request: dict[str, Any], fds: list[int]) -> None:
+def _become_worker(chan: socket.socket | None, supervisor: int, request: dict[str, Any], fds: list[int]) -> None:
     code = 1
     try:
-        chan.close()
+        if chan is not None:
+            chan.close()
         # Our parent (the intermediate) is exiting; we become the supervisor's child when it is
         # gone. The worker checks that (and asks to die with the supervisor) before it reports
         # ready: waiting here would put the intermediate's exit on every reload's critical path.
@@ -153,6 +155,65 @@ def _become_worker(chan: socket.socket, supervisor: int, request: dict[str, Any]
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+class _Spare:
+    """A worker forked ahead of time: re-parented to the supervisor, the app not imported, waiting
+    on its socket for the spawn request that makes it a worker. No fork on a reload's critical path."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+
+def _fork_spare(chan: socket.socket, supervisor: int) -> _Spare:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    middle = os.fork()
+    if middle == 0:
+        try:
+            pid = os.fork()
+            if pid == 0:
+                ours.close()
+                chan.close()
+                _spare_main(theirs, supervisor)
+            theirs.send(str(pid).encode())
+        finally:
+            os._exit(0)
+    theirs.close()
+    pid = int(ours.recv(64) or b"0")
+    os.waitpid(middle, 0)
+    if not pid:
+        ours.close()
+        raise OSError("fork failed in the intermediate process")
+    return _Spare(pid, ours)
+
+
+def _spare_main(sock: socket.socket, supervisor: int) -> None:
+    code = 0
+    try:
+        adopted_by(supervisor)  # while waiting: off the critical path
+        try:
+            request, fds = _recv(sock)
+        except (EOFError, ConnectionError):
+            os._exit(0)  # the template closed: not needed any more
+        sock.close()
+        _become_worker(None, supervisor, request, fds)
+    except BaseException:  # noqa: BLE001 - never return into the template's code
+        code = 1
+    os._exit(code)
+
+
+def _dispatch(spare: _Spare, request: dict[str, Any], fds: list[int]) -> None:
+    payload = json.dumps(request).encode()
+    spare.sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
+    spare.sock.close()
+    for fd in fds:
+        os.close(fd)
+
+
+def _pending(chan: socket.socket) -> bool:
+    readable, _, _ = select.select([chan], [], [], 0)
+    return bool(readable)
 
 
 def main() -> None:
@@ -181,8 +242,16 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     checked = 0.0
+    want = int(os.environ.pop("LIVESWAP_SPARES", "0"))
+    spares: list[_Spare] = []
     chan.send(json.dumps({"op": "ready", "import_ms": import_ms, "preload_errors": preload_errors}).encode())
     while True:
+        # Refill the pool only while no request waits: the next worker of a generation comes first.
+        while len(spares) < want and not _pending(chan):
+            try:
+                spares.append(_fork_spare(chan, supervisor))
+            except OSError:
+                break
         try:
             request, fds = _recv(chan)
         except (EOFError, ConnectionError):
@@ -197,7 +266,12 @@ def main() -> None:
             return
         checked = now
         try:
-            _spawn(chan, supervisor, request, fds)
+            if spares:
+                spare = spares.pop(0)
+                _dispatch(spare, request, fds)
+                chan.send(json.dumps({"op": "spawned", "id": rid, "pid": spare.pid}).encode())
+            else:
+                _spawn(chan, supervisor, request, fds)
         except OSError as exc:
             chan.send(json.dumps({"op": "error", "id": rid, "error": str(exc)}).encode())
         _reap()

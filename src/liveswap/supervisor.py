@@ -68,7 +68,8 @@ class Supervisor:
         self.systemd = Notifier()
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
-        self.spawner = Spawner(listeners, settings.preload, env)
+        # One spare per worker: a whole generation starts without a fork on the critical path.
+        self.spawner = Spawner(listeners, settings.preload, env, spares=settings.workers)
         self.notify_rx = NotifyReceiver(self.name)
         self.control = ControlServer(self.name, self._control)
         self._stopped: asyncio.Future[int] | None = None
@@ -175,7 +176,10 @@ class Supervisor:
                 continue
             worker = self.by_pid.get(pid)
             if worker is None:
+                # A worker whose spawn reply is still on its way, or a spare the template let go.
                 self.early_exits[pid] = code
+                if len(self.early_exits) > 256:
+                    del self.early_exits[next(iter(self.early_exits))]
             else:
                 self._on_exit(worker, code)
 
