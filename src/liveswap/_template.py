@@ -157,6 +157,9 @@ def _become_worker(chan: socket.socket | None, supervisor: int, request: dict[st
         os._exit(code)
 
 
+QUIET = 0.05  # seconds without a spawn request before the template forks new spares
+
+
 class _Spare:
     """A worker forked ahead of time: re-parented to the supervisor, the app not imported, waiting
     on its socket for the spawn request that makes it a worker. No fork on a reload's critical path."""
@@ -211,8 +214,8 @@ def _dispatch(spare: _Spare, request: dict[str, Any], fds: list[int]) -> None:
         os.close(fd)
 
 
-def _pending(chan: socket.socket) -> bool:
-    readable, _, _ = select.select([chan], [], [], 0)
+def _pending(chan: socket.socket, wait: float) -> bool:
+    readable, _, _ = select.select([chan], [], [], wait)
     return bool(readable)
 
 
@@ -246,8 +249,9 @@ def main() -> None:
     spares: list[_Spare] = []
     chan.send(json.dumps({"op": "ready", "import_ms": import_ms, "preload_errors": preload_errors}).encode())
     while True:
-        # Refill the pool only while no request waits: the next worker of a generation comes first.
-        while len(spares) < want and not _pending(chan):
+        # Refill the pool only once the channel has been quiet for a moment: the other workers of
+        # a generation are asked for within milliseconds of the first, and come first.
+        while len(spares) < want and not _pending(chan, QUIET):
             try:
                 spares.append(_fork_spare(chan, supervisor))
             except OSError:
