@@ -51,6 +51,12 @@ def runtime_dir(create: bool = True) -> Path:
     return base
 
 
+def worker_debug_dir(name: str) -> Path:
+    """Where the workers of instance ``name`` put their private debug sockets (``<pid>.sock``); the
+    supervisor's debug port proxies to them. One definition for both sides."""
+    return runtime_dir() / f"{name}.debug"
+
+
 def socket_path(name: str) -> Path:
     return runtime_dir() / f"{name}.sock"
 

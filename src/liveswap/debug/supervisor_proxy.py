@@ -68,10 +68,10 @@ _WORKER_PATH = re.compile(r"/workers/(\d+)(/.*)?\Z", re.S)
 
 
 def worker_socket_dir(name: str) -> Path:
-    """Where the workers of instance ``name`` put their debug sockets (as ``worker_debug_dir``)."""
-    from ..control import runtime_dir
+    """Where the workers of instance ``name`` put their debug sockets."""
+    from ..control import worker_debug_dir
 
-    return runtime_dir() / f"{name}.debug"
+    return worker_debug_dir(name)
 
 
 class DebugHub:

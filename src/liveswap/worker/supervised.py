@@ -89,11 +89,10 @@ def main() -> int:
         sys.stderr.flush()
 
 
-def worker_debug_dir(name: str) -> str:
-    """Where workers put their private debug sockets; the supervisor's debug server proxies to them."""
-    from ..control import runtime_dir
+def _debug_socket_dir(name: str) -> str:
+    from ..control import worker_debug_dir
 
-    path = runtime_dir() / f"{name}.debug"
+    path = worker_debug_dir(name)
     path.mkdir(mode=0o700, exist_ok=True)
     return str(path)
 
@@ -104,7 +103,7 @@ def _start_debug(app: Any, settings: Settings, generation: str, loop: asyncio.Ab
 
     metrics = Metrics()
     metrics.set_gauge("worker_generation", float(generation), "Generation of this worker.")
-    path = os.path.join(worker_debug_dir(settings.instance_name()), f"{os.getpid()}.sock")
+    path = os.path.join(_debug_socket_dir(settings.instance_name()), f"{os.getpid()}.sock")
     server = DebugServer(bind_debug(f"unix:{path}"), metrics=metrics, main_loop=loop,
                          token=settings.debug_token or None, extra=lambda: {"generation": int(generation)})
     server.start()
