@@ -111,8 +111,10 @@ def reload(name: str | None, timeout: float) -> None:
         return
     if "generation" not in reply:
         _fail(LiveswapError(str(reply.get("error")), hint=reply.get("hint")))
-    click.echo(f"reload failed after {reply.get('duration_ms')} ms; rolled back, the previous generation keeps "
-               f"serving", err=True)
+    click.echo(
+        f"reload failed after {reply.get('duration_ms')} ms; rolled back, the previous generation keeps serving",
+        err=True,
+    )
     err = ReloadFailed(str(reply.get("error")), hint=None)
     click.echo(f"liveswap: error: {err}", err=True)
     if reply.get("detail"):
@@ -158,13 +160,18 @@ def format_status(s: dict[str, Any]) -> str:
         if not g["workers"]:
             lines.append(f"{g['generation']:>4}  {g['state']:<9} {'-':>8}")
         for w in g["workers"]:
-            lines.append(f"{g['generation']:>4}  {g['state']:<9} {w['pid']:>8}  {w['slot']:>4}  {w['state']:<9} "
-                         f"{w['uptime']:>8.1f}s  {w['restarts']:>8}")
+            lines.append(
+                f"{g['generation']:>4}  {g['state']:<9} {w['pid']:>8}  {w['slot']:>4}  {w['state']:<9} "
+                f"{w['uptime']:>8.1f}s  {w['restarts']:>8}"
+            )
     last = s.get("last_reload")
     if last:
         outcome = "ok" if last["ok"] else f"FAILED: {last.get('error')}"
-        lines += ["", f"last reload: {_ago(last['time'])}, generation {last['generation']}, {outcome}, "
-                      f"{last['duration_ms']} ms ({last['reason']})"]
+        lines += [
+            "",
+            f"last reload: {_ago(last['time'])}, generation {last['generation']}, {outcome}, "
+            f"{last['duration_ms']} ms ({last['reason']})",
+        ]
     return "\n".join(lines)
 
 

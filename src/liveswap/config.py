@@ -96,38 +96,88 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("bind", ["127.0.0.1:8000"], "Where to listen: HOST:PORT, [IPV6]:PORT, unix:/path.sock or fd://N. "
-           "Repeatable. Ignored when started with LISTEN_FDS (systemd socket activation).", multiple=True),
+    Option(
+        "bind",
+        ["127.0.0.1:8000"],
+        "Where to listen: HOST:PORT, [IPV6]:PORT, unix:/path.sock or fd://N. "
+        "Repeatable. Ignored when started with LISTEN_FDS (systemd socket activation).",
+        multiple=True,
+    ),
     Option("workers", 1, "Number of worker processes per generation.", _positive_int),
-    Option("factory", False, "Treat APP as a factory: call it with no arguments to get the app.", _bool,
-           flag_is_switch=True),
+    Option(
+        "factory",
+        False,
+        "Treat APP as a factory: call it with no arguments to get the app.",
+        _bool,
+        flag_is_switch=True,
+    ),
     Option("interface", "auto", "Application interface: auto (detect), asgi or wsgi.", _choice("auto", "asgi", "wsgi")),
     Option("app_dir", ".", "Directory put first on sys.path when importing APP."),
     Option("name", "", "Instance name for the control socket (default: derived from APP)."),
-    Option("health_path", "/", "Path of the health check each new worker must pass (answer below 500) "
-           "before it takes public traffic.", _path),
-    Option("boot_timeout", 30.0, "How long a new worker may take to import, start and pass its health check.",
-           parse_duration),
-    Option("drain_timeout", 30.0, "How long a draining worker may take to finish in-flight requests before it "
-           "is killed (hammer time).", parse_duration),
-    Option("idle_grace", 1.0, "While draining, how long an idle keep-alive connection is kept open so a request "
-           "already on its way is answered (with Connection: close) rather than reset.", parse_duration),
+    Option(
+        "health_path",
+        "/",
+        "Path of the health check each new worker must pass (answer below 500) before it takes public traffic.",
+        _path,
+    ),
+    Option(
+        "boot_timeout",
+        30.0,
+        "How long a new worker may take to import, start and pass its health check.",
+        parse_duration,
+    ),
+    Option(
+        "drain_timeout",
+        30.0,
+        "How long a draining worker may take to finish in-flight requests before it is killed (hammer time).",
+        parse_duration,
+    ),
+    Option(
+        "idle_grace",
+        1.0,
+        "While draining, how long an idle keep-alive connection is kept open so a request "
+        "already on its way is answered (with Connection: close) rather than reset.",
+        parse_duration,
+    ),
     Option("keepalive_timeout", 5.0, "Close keep-alive connections idle for this long.", parse_duration),
-    Option("header_timeout", 10.0, "Disconnect a client that has not sent a complete request line and headers "
-           "within this long (slow-header protection; 0 disables).", parse_duration),
+    Option(
+        "header_timeout",
+        10.0,
+        "Disconnect a client that has not sent a complete request line and headers "
+        "within this long (slow-header protection; 0 disables).",
+        parse_duration,
+    ),
     Option("max_header_bytes", 65536, "Largest request line plus headers accepted; larger gets 431.", _positive_int),
-    Option("max_connections", 1000, "Most concurrent connections plus requests per worker; beyond it requests get "
-           "503 (0: no limit).", lambda v: int(v)),
+    Option(
+        "max_connections",
+        1000,
+        "Most concurrent connections plus requests per worker; beyond it requests get 503 (0: no limit).",
+        lambda v: int(v),
+    ),
     Option("backoff_max", 30.0, "Longest wait between restarts of a worker that keeps crashing.", parse_duration),
-    Option("preload", [], "Module the template process imports before forking workers (a library, never your "
-           "app). Repeatable.", multiple=True),
-    Option("log_level", "info", "Log level: debug, info, warning, error.", _choice("debug", "info", "warning",
-                                                                                   "error")),
+    Option(
+        "preload",
+        [],
+        "Module the template process imports before forking workers (a library, never your app). Repeatable.",
+        multiple=True,
+    ),
+    Option(
+        "log_level", "info", "Log level: debug, info, warning, error.", _choice("debug", "info", "warning", "error")
+    ),
     Option("access_log", False, "Log every request.", _bool, flag_is_switch=True),
-    Option("debug_bind", "", "Serve the debug endpoints (stacks, profile, heap, metrics) on this loopback "
-           "address, e.g. 127.0.0.1:6060. Off by default.", commands=("run",)),
-    Option("debug_token", "", "Require this token (?token= or Authorization: Bearer) on the debug server.",
-           commands=("run",)),
+    Option(
+        "debug_bind",
+        "",
+        "Serve the debug endpoints (stacks, profile, heap, metrics) on this loopback "
+        "address, e.g. 127.0.0.1:6060. Off by default.",
+        commands=("run",),
+    ),
+    Option(
+        "debug_token",
+        "",
+        "Require this token (?token= or Authorization: Bearer) on the debug server.",
+        commands=("run",),
+    ),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -205,8 +255,9 @@ def _convert(option: Option, raw: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: {exc}", hint=f"{option.flag}: {option.help}") from None
 
 
-def load_settings(app: str, cli: Mapping[str, Any], environ: Mapping[str, str] | None = None,
-                  cwd: Path | None = None) -> Settings:
+def load_settings(
+    app: str, cli: Mapping[str, Any], environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Settings:
     """Resolve every option: CLI values (None or empty = not given) > LIVESWAP_* > pyproject > default."""
     environ = os.environ if environ is None else environ
     project = _read_pyproject(cwd or Path.cwd())
@@ -228,8 +279,11 @@ def load_settings(app: str, cli: Mapping[str, Any], environ: Mapping[str, str] |
     if not app:
         app = str(project.get("app", ""))
     if not app:
-        raise ConfigError("no APP given", hint="pass the app as MODULE:ATTRIBUTE, e.g. `liveswap run myapp:app`, "
-                          "or set app = \"myapp:app\" under [tool.liveswap] in pyproject.toml")
+        raise ConfigError(
+            "no APP given",
+            hint="pass the app as MODULE:ATTRIBUTE, e.g. `liveswap run myapp:app`, "
+            'or set app = "myapp:app" under [tool.liveswap] in pyproject.toml',
+        )
     return Settings(app=app, **values)
 
 

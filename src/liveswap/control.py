@@ -41,13 +41,17 @@ def runtime_dir(create: bool = True) -> Path:
         try:
             base.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise ControlError(f"cannot create the runtime directory {base}: {exc.strerror}",
-                               hint="set XDG_RUNTIME_DIR to a writable directory") from None
+            raise ControlError(
+                f"cannot create the runtime directory {base}: {exc.strerror}",
+                hint="set XDG_RUNTIME_DIR to a writable directory",
+            ) from None
     if base.exists():
         st = base.lstat()
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise ControlError(f"{base} is not a private directory owned by uid {os.getuid()}",
-                               hint="remove it (it may have been planted by another user) or set XDG_RUNTIME_DIR")
+            raise ControlError(
+                f"{base} is not a private directory owned by uid {os.getuid()}",
+                hint="remove it (it may have been planted by another user) or set XDG_RUNTIME_DIR",
+            )
     return base
 
 
@@ -83,9 +87,10 @@ class ControlServer:
             except OSError:
                 self.path.unlink()  # left by an instance that is gone
             else:
-                raise ControlError(f"another liveswap instance named {self.path.stem!r} is running "
-                                   f"(control socket {self.path})",
-                                   hint="stop it (liveswap stop --name ...), or give this one another --name")
+                raise ControlError(
+                    f"another liveswap instance named {self.path.stem!r} is running (control socket {self.path})",
+                    hint="stop it (liveswap stop --name ...), or give this one another --name",
+                )
             finally:
                 probe.close()
         old = os.umask(0o177)
@@ -119,8 +124,11 @@ class ControlServer:
         try:
             req = json.loads(line)
         except (ValueError, UnicodeDecodeError):
-            return {"ok": False, "error": "malformed request: not JSON",
-                    "hint": 'send one JSON object on one line, e.g. {"cmd": "status"}'}
+            return {
+                "ok": False,
+                "error": "malformed request: not JSON",
+                "hint": 'send one JSON object on one line, e.g. {"cmd": "status"}',
+            }
         if not isinstance(req, dict) or req.get("cmd") not in COMMANDS:
             cmd = req.get("cmd") if isinstance(req, dict) else None
             return {"ok": False, "error": f"unknown command {cmd!r}", "hint": f"commands: {', '.join(COMMANDS)}"}
@@ -141,8 +149,7 @@ def find_instance(name: str | None) -> Path:
     if name:
         path = socket_path(name)
         if not path.exists():
-            raise NoInstanceError(f"no liveswap instance named {name!r} is running (no {path})",
-                                  hint=_running_hint())
+            raise NoInstanceError(f"no liveswap instance named {name!r} is running (no {path})", hint=_running_hint())
         return path
     running = _running()
     if not running:
@@ -171,8 +178,10 @@ def request(cmd: str, name: str | None = None, timeout: float = 120.0, **args: A
         try:
             sock.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError):
-            raise NoInstanceError(f"the instance {path.stem!r} is not answering (stale socket {path})",
-                                  hint="it has exited; start it again with `liveswap run`") from None
+            raise NoInstanceError(
+                f"the instance {path.stem!r} is not answering (stale socket {path})",
+                hint="it has exited; start it again with `liveswap run`",
+            ) from None
         sock.sendall((json.dumps({"cmd": cmd, **args}) + "\n").encode())
         data = b""
         while not data.endswith(b"\n"):

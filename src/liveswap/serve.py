@@ -101,12 +101,20 @@ def serve(
     if listeners is None:
         listeners = bind_all(binds or d.bind)
     runtime = _Runtime(
-        asgi, kind, listeners, metrics, group,
-        dict(keepalive_timeout=_pick(keepalive_timeout, d.keepalive_timeout),
-             header_timeout=_pick(header_timeout, d.header_timeout),
-             max_header_bytes=_pick(max_header_bytes, d.max_header_bytes),
-             max_connections=_pick(max_connections, d.max_connections),
-             idle_grace=_pick(idle_grace, d.idle_grace), access_log=access_log, lifespan=lifespan),
+        asgi,
+        kind,
+        listeners,
+        metrics,
+        group,
+        dict(
+            keepalive_timeout=_pick(keepalive_timeout, d.keepalive_timeout),
+            header_timeout=_pick(header_timeout, d.header_timeout),
+            max_header_bytes=_pick(max_header_bytes, d.max_header_bytes),
+            max_connections=_pick(max_connections, d.max_connections),
+            idle_grace=_pick(idle_grace, d.idle_grace),
+            access_log=access_log,
+            lifespan=lifespan,
+        ),
         shutdown_timeout=_pick(shutdown_timeout, d.drain_timeout),
         debug=(debug, debug_token, debug_allow_public),
     )
@@ -121,8 +129,17 @@ def _pick(value: Any, default: Any) -> Any:
 
 
 class _Runtime:
-    def __init__(self, app: Any, kind: str, listeners: list[Listener], metrics: Any, group: Group | None,
-                 options: dict[str, Any], shutdown_timeout: float, debug: tuple[str | None, str | None, bool]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        kind: str,
+        listeners: list[Listener],
+        metrics: Any,
+        group: Group | None,
+        options: dict[str, Any],
+        shutdown_timeout: float,
+        debug: tuple[str | None, str | None, bool],
+    ) -> None:
         self.app = app
         self.kind = kind
         self.listeners = listeners
@@ -211,4 +228,3 @@ class _Runtime:
             await self.group.run(main)
         else:
             await main(asyncio.Event())
-

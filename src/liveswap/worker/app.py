@@ -24,17 +24,21 @@ def import_app(spec: str, app_dir: str = ".") -> Any:
     """Import ``module:attribute`` (attribute may be dotted), with ``app_dir`` first on sys.path."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise AppLoadError(f'Import string "{spec}" must be in format "<module>:<attribute>".',
-                           hint="for app = FastAPI() in main.py, use main:app")
+        raise AppLoadError(
+            f'Import string "{spec}" must be in format "<module>:<attribute>".',
+            hint="for app = FastAPI() in main.py, use main:app",
+        )
     if app_dir and app_dir not in sys.path:
         sys.path.insert(0, app_dir)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise AppLoadError(f'Could not import module "{module_name}".',
-                               hint=f"run from the directory that contains it, or pass --app-dir "
-                                    f"(sys.path starts with {sys.path[0]!r})") from exc
+            raise AppLoadError(
+                f'Could not import module "{module_name}".',
+                hint=f"run from the directory that contains it, or pass --app-dir "
+                f"(sys.path starts with {sys.path[0]!r})",
+            ) from exc
         raise AppLoadError(f'Error importing "{module_name}": {exc}', hint=_tail(exc)) from exc
     except Exception as exc:
         raise AppLoadError(f'Error importing "{module_name}": {type(exc).__name__}: {exc}', hint=_tail(exc)) from exc
@@ -43,8 +47,10 @@ def import_app(spec: str, app_dir: str = ".") -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise AppLoadError(f'Attribute "{attr}" not found in module "{module_name}".',
-                               hint=f"names in {module_name}: {', '.join(_public_names(module))}") from None
+            raise AppLoadError(
+                f'Attribute "{attr}" not found in module "{module_name}".',
+                hint=f"names in {module_name}: {', '.join(_public_names(module))}",
+            ) from None
     return obj
 
 
@@ -73,16 +79,21 @@ def detect_interface(app: Any) -> str:
     if call is None:
         raise AppLoadError(f"the app {app!r} is not callable", hint="point APP at an ASGI or WSGI application")
     try:
-        params = [p for p in inspect.signature(call).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(call).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         return "asgi"
     if len(params) == 2:
         return "wsgi"
     if len(params) == 3:
         return "asgi"
-    raise AppLoadError(f"cannot tell whether {app!r} is ASGI or WSGI (its call takes {len(params)} arguments)",
-                       hint="pass --interface asgi or --interface wsgi, or --factory if it builds the app")
+    raise AppLoadError(
+        f"cannot tell whether {app!r} is ASGI or WSGI (its call takes {len(params)} arguments)",
+        hint="pass --interface asgi or --interface wsgi, or --factory if it builds the app",
+    )
 
 
 def load_app(spec: str, *, factory: bool = False, interface: str = "auto", app_dir: str = ".") -> tuple[ASGIApp, str]:
