@@ -1,9 +1,15 @@
 """What uvicorn's HTTP protocols lack and our users need, added by subclassing them.
 
-- Draining without resets: uvicorn's ``shutdown()`` closes an idle keep-alive connection at once,
-  which races with a request the client is sending on it (the client sees a reset or an empty
-  answer). A draining connection here stays open for ``idle_grace``; a request that arrives is
-  answered with ``Connection: close``; only a connection still idle after the grace is closed.
+- Draining that keeps every promise. uvicorn's ``shutdown()`` closes an idle keep-alive connection
+  at once, which races with a request the client is sending on it, and closes a connection after
+  the response in progress even when that response's head already promised keep-alive (a WSGI
+  response or a stream, whose body follows its head by a while): the client's next request meets
+  a reset or an EOF. Here, draining marks the *last request received* on each connection: its
+  response says ``Connection: close`` if its head has not gone out yet (a pipelined request that
+  arrives later takes the mark over, so every request received is answered). A response that
+  already promised keep-alive is honoured: after it the connection is treated as idle. An idle
+  connection stays open for ``idle_grace``; a request that arrives is answered with
+  ``Connection: close``; only a connection still idle after the grace is closed.
 - A header-read timeout: a client that trickles its request line and headers is answered 408 and
   disconnected after ``header_timeout`` (uvicorn has none; Go's ReadHeaderTimeout).
 - A header size limit: more than ``max_header_bytes`` before the end of the headers gets 431.
@@ -17,6 +23,7 @@ import asyncio
 import time
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 HttpToolsProtocol: Any
@@ -73,6 +80,7 @@ class _Guard:
     _head_mark: Any  # the sweep's bookkeeping: the cycle it saw a head being read after ...
     _head_since: float  # ... and since when
     _idle_timer: asyncio.TimerHandle | None
+    _close_cycle: Any  # while draining: the request whose response closes the connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -80,6 +88,7 @@ class _Guard:
         self._head_mark = None
         self._head_since = time.monotonic()  # the first request's clock starts at accept
         self._idle_timer = None
+        self._close_cycle = None
         if self.limits.draining:  # accepted just before the listener closed
             self.drain()
 
@@ -106,7 +115,10 @@ class _Guard:
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
         if cycle is not None and (not cycle.response_complete or cycle.more_body):
-            self._base_data_received(data)  # body bytes of the request being served
+            # Body bytes of the request being served, or pipelined requests behind it.
+            self._base_data_received(data)
+            if self.cycle is not cycle and self.limits.draining:
+                self._close_after(self.cycle)
             return
         size = self._header_bytes + len(data)
         if size > self.limits.max_header_bytes:
@@ -117,7 +129,7 @@ class _Guard:
         if self.cycle is not cycle:  # the parser finished a request's head
             self._header_bytes = 0
             if self.limits.draining:
-                self.cycle.keep_alive = False
+                self._close_after(self.cycle)
 
     def _oversized(self, data: bytes, size: int, cycle: Any) -> None:
         # Rare: the head may be over the limit. uvicorn reads self.app to start the request once
@@ -131,7 +143,7 @@ class _Guard:
         if self.cycle is not cycle:
             self._header_bytes = 0
             if self.limits.draining:
-                self.cycle.keep_alive = False
+                self._close_after(self.cycle)
         elif not self.transport.is_closing():  # still no end of the head in sight
             self.limits.oversized_headers += 1
             self.transport.write(_431)
@@ -143,24 +155,55 @@ class _Guard:
             self._idle_timer = None
         super().connection_lost(exc)  # type: ignore[misc]
 
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()  # type: ignore[misc]
+        if self.limits.draining:
+            if self.cycle is not cycle and self.cycle is not None:
+                self._close_after(self.cycle)  # h11 parses a pipelined request only now
+            self._arm_idle()
+
     def drain(self) -> None:
         """Graceful shutdown of this connection (instead of uvicorn's ``shutdown()``)."""
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            cycle.keep_alive = False  # the response in progress says Connection: close
-        elif self._header_bytes:
-            pass  # a request is arriving: its head will set keep_alive = False
-        elif self._idle_timer is None and not self.transport.is_closing():
+            self._close_after(cycle)  # the last request received (self.cycle is the newest one)
+        elif not self._header_bytes:  # else a request is arriving: its head takes the mark
+            self._arm_idle()
+
+    def _close_after(self, cycle: Any) -> None:
+        """Make ``cycle`` the last request answered on this connection: its response says
+        ``Connection: close``. A request that arrives behind it (pipelined) takes the mark over, so
+        that no request received goes unanswered. A response whose head already went out promised
+        keep-alive: it is honoured, and the connection is treated as idle after it."""
+        marked = self._close_cycle
+        if marked is cycle:
+            return
+        if marked is not None and not marked.response_started:
+            self._set_keep_alive(marked, True)
+        self._close_cycle = None
+        if not cycle.response_started and cycle.keep_alive:
+            self._set_keep_alive(cycle, False)
+            self._close_cycle = cycle
+
+    def _set_keep_alive(self, cycle: Any, keep_alive: bool) -> None:
+        cycle.keep_alive = keep_alive
+
+    def _arm_idle(self) -> None:
+        if self._idle_timer is None and not self.transport.is_closing():
             self._idle_timer = self.loop.call_later(self.limits.idle_grace, self._idle_close)
 
     def _idle_close(self) -> None:
-        # Close only if still idle: a request that arrived in the grace period was (or is being)
-        # answered with Connection: close, which closes the connection after its response.
+        # Close only if still idle: a request that arrived in the grace period is being answered
+        # with Connection: close, which closes the connection after its response.
         self._idle_timer = None
         cycle = self.cycle
-        idle = cycle is None or (cycle.response_complete and not cycle.more_body)
-        if idle and not self._header_bytes and not self.transport.is_closing():
+        if self.transport.is_closing() or self._header_bytes:
+            return
+        if cycle is None or (cycle.response_complete and not cycle.more_body):
             self.transport.close()
+        elif cycle.response_complete:  # an early response; the request body is still arriving
+            self._arm_idle()
 
     def shutdown(self) -> None:
         self.drain()
@@ -188,6 +231,16 @@ class _HeadCheck:
 
 class GuardedH11Protocol(_Guard, H11Protocol):  # type: ignore[misc]
     _base_data_received = H11Protocol.data_received
+
+    def _set_keep_alive(self, cycle: Any, keep_alive: bool) -> None:
+        # uvicorn's h11 cycle sends no Connection: close for keep_alive = False; it does send one
+        # when the request asked for it, so that is where the decision goes.
+        cycle.keep_alive = keep_alive
+        headers = cycle.scope["headers"]
+        if keep_alive and CLOSE_HEADER in headers:
+            headers.remove(CLOSE_HEADER)
+        elif not keep_alive and CLOSE_HEADER not in headers:
+            headers.append(CLOSE_HEADER)
 
     def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
