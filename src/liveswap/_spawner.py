@@ -28,8 +28,9 @@ class TemplateGone(Exception):
 class Spawner:
     """Owns the template process and turns spawn requests into worker pids."""
 
-    def __init__(self, listeners: Sequence[Listener], preload: Sequence[str], env: dict[str, str],
-                 spares: int = 0) -> None:
+    def __init__(
+        self, listeners: Sequence[Listener], preload: Sequence[str], env: dict[str, str], spares: int = 0
+    ) -> None:
         self.listeners = list(listeners)
         self.spares = spares
         self.preload = list(preload)
@@ -51,15 +52,18 @@ class Spawner:
         sources.append(fcntl.fcntl(child.fileno(), fcntl.F_DUPFD_CLOEXEC, 100))
         actions = [(os.POSIX_SPAWN_DUP2, fd, SD_LISTEN_FDS_START + i) for i, fd in enumerate(sources)]
         env = dict(self.env)
-        env.update({
-            "LIVESWAP_SUPERVISOR_PID": str(os.getpid()),
-            "LIVESWAP_TEMPLATE_FD": str(SD_LISTEN_FDS_START + len(self.listeners)),
-            "LIVESWAP_PRELOAD": json.dumps(self.preload),
-            "LIVESWAP_SPARES": str(self.spares),
-        })
+        env.update(
+            {
+                "LIVESWAP_SUPERVISOR_PID": str(os.getpid()),
+                "LIVESWAP_TEMPLATE_FD": str(SD_LISTEN_FDS_START + len(self.listeners)),
+                "LIVESWAP_PRELOAD": json.dumps(self.preload),
+                "LIVESWAP_SPARES": str(self.spares),
+            }
+        )
         try:
-            self.pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "liveswap._template"], env,
-                                      file_actions=actions)
+            self.pid = os.posix_spawn(
+                sys.executable, [sys.executable, "-m", "liveswap._template"], env, file_actions=actions
+            )
         finally:
             for fd in sources:
                 os.close(fd)

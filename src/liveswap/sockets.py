@@ -66,15 +66,13 @@ def parse_bind(text: str) -> BindSpec:
     if text.startswith("["):
         host, sep, port_text = text[1:].partition("]:")
         if not sep:
-            raise BindError(f"--bind {text!r}: an IPv6 address needs brackets and a port, like [::1]:8000",
-                            hint=hint)
+            raise BindError(f"--bind {text!r}: an IPv6 address needs brackets and a port, like [::1]:8000", hint=hint)
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep:
             raise BindError(f"--bind {text!r}: no port", hint=hint)
         if ":" in host:
-            raise BindError(f"--bind {text!r}: put an IPv6 address in brackets, like [{host}]:{port_text}",
-                            hint=hint)
+            raise BindError(f"--bind {text!r}: put an IPv6 address in brackets, like [{host}]:{port_text}", hint=hint)
     try:
         port = int(port_text)
     except ValueError:
@@ -88,8 +86,10 @@ def _bind_tcp(spec: BindSpec) -> socket.socket:
     try:
         infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise BindError(f"cannot bind {spec.text}: {spec.host!r} does not resolve ({exc.strerror})",
-                        hint="check the host name, or use an IP address") from None
+        raise BindError(
+            f"cannot bind {spec.text}: {spec.host!r} does not resolve ({exc.strerror})",
+            hint="check the host name, or use an IP address",
+        ) from None
     family, socktype, proto, _, addr = infos[0]
     sock = socket.socket(family, socktype, proto)
     try:
@@ -120,16 +120,18 @@ def _bind_unix(spec: BindSpec) -> tuple[socket.socket, str]:
         pass
     else:
         if not stat.S_ISSOCK(mode):
-            raise BindError(f"cannot bind {spec.text}: {path} exists and is not a socket",
-                            hint="remove it or choose another path")
+            raise BindError(
+                f"cannot bind {spec.text}: {path} exists and is not a socket", hint="remove it or choose another path"
+            )
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
         except OSError:
             os.unlink(path)  # stale socket file from a process that is gone
         else:
-            raise BindError(f"cannot bind {spec.text}: a process is listening there",
-                            hint="stop it, or choose another path")
+            raise BindError(
+                f"cannot bind {spec.text}: a process is listening there", hint="stop it, or choose another path"
+            )
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -138,8 +140,9 @@ def _bind_unix(spec: BindSpec) -> tuple[socket.socket, str]:
         sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
-        raise BindError(f"cannot bind {spec.text}: {exc.strerror}",
-                        hint="check that the directory exists and is writable") from None
+        raise BindError(
+            f"cannot bind {spec.text}: {exc.strerror}", hint="check that the directory exists and is writable"
+        ) from None
     return sock, path
 
 
@@ -147,8 +150,10 @@ def _from_fd(spec: BindSpec) -> socket.socket:
     try:
         sock = socket.socket(fileno=spec.fd)
     except OSError as exc:
-        raise BindError(f"--bind {spec.text}: fd {spec.fd} is not an open socket ({exc.strerror})",
-                        hint="pass an fd that the parent process opened as a listening socket") from None
+        raise BindError(
+            f"--bind {spec.text}: fd {spec.fd} is not an open socket ({exc.strerror})",
+            hint="pass an fd that the parent process opened as a listening socket",
+        ) from None
     if sock.type != socket.SOCK_STREAM:
         raise BindError(f"--bind {spec.text}: fd {spec.fd} is not a stream socket")
     return sock

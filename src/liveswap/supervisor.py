@@ -96,12 +96,18 @@ class Supervisor:
         if self.settings.debug_bind:
             from .debug.supervisor_proxy import DebugHub
 
-            self.debug = DebugHub.bind(self.settings.debug_bind, name=self.name, status=self.status,
-                                       token=self.settings.debug_token or None)
+            self.debug = DebugHub.bind(
+                self.settings.debug_bind, name=self.name, status=self.status, token=self.settings.debug_token or None
+            )
         self._stopped = loop.create_future()
         _template.prctl(_template.PR_SET_CHILD_SUBREAPER, 1)
-        for sig, event in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop"),
-                           (signal.SIGQUIT, "stop"), (signal.SIGCHLD, "reap")):
+        for sig, event in (
+            (signal.SIGHUP, "reload"),
+            (signal.SIGTERM, "stop"),
+            (signal.SIGINT, "stop"),
+            (signal.SIGQUIT, "stop"),
+            (signal.SIGCHLD, "reap"),
+        ):
             loop.add_signal_handler(sig, self.events.put_nowait, (event, sig))
         loop.add_reader(self.notify_rx.fileno(), lambda: self.events.put_nowait(("notify",)))
         await self.control.start()
@@ -123,9 +129,15 @@ class Supervisor:
                 await self._stop(graceful=False)
                 return EXIT_BOOT_ERROR
             where = ", ".join(describe(x.sock) for x in self.listeners)
-            log.info("serving %s on %s: %d worker(s), generation %d, ready in %.1f ms (control: liveswap "
-                     "reload --name %s)", self.settings.app, where, self.settings.workers, outcome["generation"],
-                     (time.monotonic() - started) * 1000, self.name)
+            log.info(
+                "serving %s on %s: %d worker(s), generation %d, ready in %.1f ms (control: liveswap reload --name %s)",
+                self.settings.app,
+                where,
+                self.settings.workers,
+                outcome["generation"],
+                (time.monotonic() - started) * 1000,
+                self.name,
+            )
             self.systemd.send(READY=1, STATUS=f"serving {self.settings.app}", MAINPID=os.getpid())
             return await self._stopped
         finally:
@@ -171,8 +183,9 @@ class Supervisor:
             code = os.waitstatus_to_exitcode(status)
             if self.spawner.exited(pid):
                 if not self.stopping:
-                    log.warning("template pid %d exited (%s); a new one starts on the next spawn", pid,
-                                _exit_text(code))
+                    log.warning(
+                        "template pid %d exited (%s); a new one starts on the next spawn", pid, _exit_text(code)
+                    )
                 continue
             worker = self.by_pid.get(pid)
             if worker is None:
@@ -203,8 +216,12 @@ class Supervisor:
         if self.debug is not None:  # --debug-bind: a killed worker leaves its debug socket behind
             self.debug.worker_exited(worker.pid)
         if prev is WorkerState.DRAINING or worker.expected_exit:
-            log.info("%s exited (%s) after %.2f s draining", worker.describe(), _exit_text(code),
-                     time.monotonic() - worker.live_at if worker.live_at else 0.0)
+            log.info(
+                "%s exited (%s) after %.2f s draining",
+                worker.describe(),
+                _exit_text(code),
+                time.monotonic() - worker.live_at if worker.live_at else 0.0,
+            )
         elif prev in (WorkerState.BOOTING, WorkerState.READY):
             pass  # the boot coroutine reports it
         elif prev is WorkerState.LIVE and gen is self.live and not self.stopping:
@@ -217,8 +234,7 @@ class Supervisor:
         self._check_stopped()
 
     def _forget_finished(self) -> None:
-        self.generations = [g for g in self.generations if g.state not in (GenState.GONE, GenState.FAILED)
-                            or g.alive()]
+        self.generations = [g for g in self.generations if g.state not in (GenState.GONE, GenState.FAILED) or g.alive()]
 
     def _kill(self, worker: Worker) -> None:
         if worker.pid and worker.state is not WorkerState.DEAD:
@@ -236,12 +252,17 @@ class Supervisor:
         control, control_child = socket.socketpair()
         health, health_child = socket.socketpair()
         worker.health = health
-        env = {"LIVESWAP_SETTINGS": json.dumps(self.settings.to_json()), "LIVESWAP_GENERATION": str(gen.number),
-               "NOTIFY_SOCKET": self.notify_rx.name, **listen_env(self.listeners, 0)}
+        env = {
+            "LIVESWAP_SETTINGS": json.dumps(self.settings.to_json()),
+            "LIVESWAP_GENERATION": str(gen.number),
+            "NOTIFY_SOCKET": self.notify_rx.name,
+            **listen_env(self.listeners, 0),
+        }
         try:
             try:
-                worker.pid = await self.spawner.spawn(env, [control_child.fileno(), health_child.fileno()],
-                                                      self.settings.boot_timeout)
+                worker.pid = await self.spawner.spawn(
+                    env, [control_child.fileno(), health_child.fileno()], self.settings.boot_timeout
+                )
             finally:
                 control_child.close()
                 health_child.close()
@@ -265,8 +286,10 @@ class Supervisor:
                 raise BootFailed(f"health check GET {self.settings.health_path} answered {status}")
         except TimeoutError:
             self._kill(worker)
-            raise BootFailed(f"{worker.describe()} was not ready and healthy within "
-                             f"{self.settings.boot_timeout:g} s (--boot-timeout)") from None
+            raise BootFailed(
+                f"{worker.describe()} was not ready and healthy within "
+                f"{self.settings.boot_timeout:g} s (--boot-timeout)"
+            ) from None
         except BootFailed:
             self._kill(worker)
             raise
@@ -278,8 +301,9 @@ class Supervisor:
     async def _await_ready(self, worker: Worker, reading: asyncio.Task[None], deadline: float) -> None:
         loop = asyncio.get_running_loop()
         waits: list[asyncio.Future[Any]] = [worker.ready, worker.exited]
-        done, _ = await asyncio.wait(waits, timeout=max(0.0, deadline - loop.time()),
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            waits, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED
+        )
         if worker.ready in done:
             return
         if worker.exited in done:
@@ -295,15 +319,16 @@ class Supervisor:
         worker.health.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=worker.health)
         try:
-            writer.write(f"GET {self.settings.health_path} HTTP/1.1\r\nhost: liveswap-health\r\n"
-                         "user-agent: liveswap-health\r\nconnection: close\r\n\r\n".encode())
+            writer.write(
+                f"GET {self.settings.health_path} HTTP/1.1\r\nhost: liveswap-health\r\n"
+                "user-agent: liveswap-health\r\nconnection: close\r\n\r\n".encode()
+            )
             line = await reader.readline()
         finally:
             writer.close()
         parts = line.split()
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-            raise BootFailed(f"health check GET {self.settings.health_path} got no HTTP answer "
-                             f"({line[:80]!r})")
+            raise BootFailed(f"health check GET {self.settings.health_path} got no HTTP answer ({line[:80]!r})")
         return int(parts[1])
 
     async def _read_worker(self, worker: Worker, reader: asyncio.StreamReader) -> None:
@@ -344,8 +369,11 @@ class Supervisor:
             return fut
         self.waiting.append((fut, reason))
         if self.live is not None or self.reload_task is not None:
-            log.info("reload requested (%s)%s", reason, "; coalesced with the next transaction"
-                     if self.reload_task is not None else "")
+            log.info(
+                "reload requested (%s)%s",
+                reason,
+                "; coalesced with the next transaction" if self.reload_task is not None else "",
+            )
         if self.reload_task is None:
             self.reload_task = self._spawn_task(self._reloads())
         return fut
@@ -404,12 +432,20 @@ class Supervisor:
         if old is None:
             pass
         elif outcome["ok"]:
-            log.info("reload ok: generation %d live in %.1f ms; draining generation %d", gen.number,
-                     outcome["duration_ms"], old.number)
+            log.info(
+                "reload ok: generation %d live in %.1f ms; draining generation %d",
+                gen.number,
+                outcome["duration_ms"],
+                old.number,
+            )
             self.systemd.send(READY=1, STATUS=f"serving generation {gen.number}")
         else:
-            log.error("reload failed after %.1f ms, rolled back: generation %d keeps serving: %s",
-                      outcome["duration_ms"], old.number, outcome["error"])
+            log.error(
+                "reload failed after %.1f ms, rolled back: generation %d keeps serving: %s",
+                outcome["duration_ms"],
+                old.number,
+                outcome["error"],
+            )
             if outcome["detail"]:
                 log.error("%s", outcome["detail"])
             self.systemd.send(READY=1, STATUS=f"reload failed; serving generation {old.number}")
@@ -447,8 +483,11 @@ class Supervisor:
 
     def _hammer(self, worker: Worker) -> None:
         if worker.state is not WorkerState.DEAD:
-            log.warning("hammer time: %s still draining after %.1f s (--drain-timeout); sending SIGKILL",
-                        worker.describe(), self.settings.drain_timeout)
+            log.warning(
+                "hammer time: %s still draining after %.1f s (--drain-timeout); sending SIGKILL",
+                worker.describe(),
+                self.settings.drain_timeout,
+            )
             self._kill(worker)
 
     # ---- crashes --------------------------------------------------------------------------------
@@ -460,11 +499,17 @@ class Supervisor:
         gen.slot_crashes[dead.slot] = crashes
         delay = 0.0 if crashes == 1 else min(self.settings.backoff_max, 0.1 * 2 ** (crashes - 2))
         if crashes > 1:
-            log.warning("slot %d of generation %d crashed %d times in a row; restarting in %.1f s", dead.slot,
-                        gen.number, crashes, delay)
+            log.warning(
+                "slot %d of generation %d crashed %d times in a row; restarting in %.1f s",
+                dead.slot,
+                gen.number,
+                crashes,
+                delay,
+            )
         loop = asyncio.get_running_loop()
         gen.restart_pending[dead.slot] = loop.call_later(
-            delay, lambda: self._spawn_task(self._restart(gen, dead.slot, dead.restarts + 1)))
+            delay, lambda: self._spawn_task(self._restart(gen, dead.slot, dead.restarts + 1))
+        )
 
     async def _restart(self, gen: Generation, slot: int, restarts: int) -> None:
         gen.restart_pending.pop(slot, None)

@@ -28,8 +28,19 @@ MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
 TEXT = b"text/plain; charset=utf-8"
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never forwarded.
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-                        b"trailer", b"transfer-encoding", b"upgrade", b"proxy-connection"})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+    }
+)
 SECURITY_HEADERS: Headers = [
     (b"cache-control", b"no-store"),
     (b"x-content-type-options", b"nosniff"),
@@ -102,8 +113,11 @@ class ServerConnection:
             while isinstance(part := await self._event(), h11.Data):
                 body += part.data
                 if len(body) > MAX_BODY:
-                    raise HTTPError(413, f"request body larger than {MAX_BODY} bytes",
-                                     "the debug endpoints take their arguments in the query string")
+                    raise HTTPError(
+                        413,
+                        f"request body larger than {MAX_BODY} bytes",
+                        "the debug endpoints take their arguments in the query string",
+                    )
         self.head_only = event.method == b"HEAD"
         url = urlsplit(bytes(event.target).decode("latin-1"))
         return Request(
@@ -130,10 +144,18 @@ class ServerConnection:
         self.writer.write(self.conn.send(h11.EndOfMessage()))
         await self.writer.drain()
 
-    async def respond(self, status: int, body: bytes, content_type: bytes = TEXT,
-                      headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        self.start(status, [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
-                                  *SECURITY_HEADERS, *headers])
+    async def respond(
+        self, status: int, body: bytes, content_type: bytes = TEXT, headers: Iterable[tuple[bytes, bytes]] = ()
+    ) -> None:
+        self.start(
+            status,
+            [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *SECURITY_HEADERS,
+                *headers,
+            ],
+        )
         if body and not self.head_only:
             self.writer.write(self.conn.send(h11.Data(data=body)))
         await self.end()
@@ -155,8 +177,9 @@ class WorkerRequest:
         self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
 
     @classmethod
-    async def request(cls, path: Path, method: str, target: bytes, headers: Headers, body: bytes = b"") -> tuple[
-            WorkerRequest, h11.Response]:
+    async def request(
+        cls, path: Path, method: str, target: bytes, headers: Headers, body: bytes = b""
+    ) -> tuple[WorkerRequest, h11.Response]:
         """Connect, send the request, read the answer's head; then iterate ``body()`` and ``close()``."""
         reader, writer = await asyncio.open_unix_connection(str(path))
         req = cls(reader, writer)

@@ -84,8 +84,9 @@ def _json(data: Any, status: int = 200) -> _Response:
 def _choice(req: _Request, name: str, choices: tuple[str, ...]) -> str:
     value = req.arg(name, choices[0]) or choices[0]
     if value not in choices:
-        raise _HTTPError(400, f"{name}={value!r} is not one of {', '.join(choices)}",
-                         f"e.g. {req.path}?{name}={choices[-1]}")
+        raise _HTTPError(
+            400, f"{name}={value!r} is not one of {', '.join(choices)}", f"e.g. {req.path}?{name}={choices[-1]}"
+        )
     return value
 
 
@@ -98,8 +99,11 @@ def _number(req: _Request, name: str, default: float, low: float, high: float) -
     except ValueError:
         value = float("nan")
     if not low <= value <= high:  # also rejects nan
-        raise _HTTPError(400, f"{name}={raw!r} is out of range: expected a number from {low:g} to {high:g}",
-                         f"e.g. {req.path}?{name}={default:g}")
+        raise _HTTPError(
+            400,
+            f"{name}={raw!r} is out of range: expected a number from {low:g} to {high:g}",
+            f"e.g. {req.path}?{name}={default:g}",
+        )
     return value
 
 
@@ -178,9 +182,12 @@ class DebugApp:
 
     async def _dispatch(self, req: _Request) -> _Response:
         if not self._authorized(req):
-            raise _HTTPError(401, "this debug server requires a token",
-                             "add ?token=<token> to the URL or send 'Authorization: Bearer <token>', "
-                             "with the token the server was started with (--debug-token)")
+            raise _HTTPError(
+                401,
+                "this debug server requires a token",
+                "add ?token=<token> to the URL or send 'Authorization: Bearer <token>', "
+                "with the token the server was started with (--debug-token)",
+            )
         route = self.routes.get(req.path)
         if route is None:
             listing = "\n".join(f"  {r.example:<40} {r.summary}" for r in _ROUTES)
@@ -204,8 +211,10 @@ class DebugApp:
             href = prefix + route.example
             if token is not None:
                 href += ("&" if "?" in href else "?") + "token=" + quote(token, safe="")
-            rows.append(f'<tr><td><a href="{html.escape(href)}">{html.escape(route.example)}</a></td>'
-                        f"<td>{html.escape(route.summary)}</td></tr>")
+            rows.append(
+                f'<tr><td><a href="{html.escape(href)}">{html.escape(route.example)}</a></td>'
+                f"<td>{html.escape(route.summary)}</td></tr>"
+            )
         page = _INDEX.format(pid=os.getpid(), rows="\n".join(rows))
         return _text(page, content_type="text/html; charset=utf-8")
 
@@ -233,8 +242,10 @@ class DebugApp:
             response = _Response(200, json.dumps(doc).encode("utf-8"), JSON)
             response.headers.append(("content-disposition", "attachment; filename=profile.speedscope.json"))
             return response
-        subtitle = (f"all threads sampled {prof.ticks} times, every {prof.interval * 1000:g} ms (wall clock: "
-                    "waiting threads count too); hover a frame for details")
+        subtitle = (
+            f"all threads sampled {prof.ticks} times, every {prof.interval * 1000:g} ms (wall clock: "
+            "waiting threads count too); hover a frame for details"
+        )
         svg = to_flamegraph_svg(prof.collapsed, f"CPU profile: {name}", locations=prof.locations, subtitle=subtitle)
         return _text(svg, content_type="image/svg+xml; charset=utf-8")
 
@@ -256,8 +267,10 @@ class DebugApp:
             return _json(result)
         if result["already_tracing"]:
             return _text(f"tracemalloc was already tracing ({result['frames']} frames); left as is\n")
-        return _text(f"tracemalloc started with {frames} frames per allocation; GET /heap for the top "
-                     "allocation sites, /heap/stop when done (tracing costs memory and CPU)\n")
+        return _text(
+            f"tracemalloc started with {frames} frames per allocation; GET /heap for the top "
+            "allocation sites, /heap/stop when done (tracing costs memory and CPU)\n"
+        )
 
     async def _heap_stop(self, req: _Request) -> _Response:
         result = heap.stop()
@@ -285,18 +298,43 @@ _GET = ("GET", "HEAD")
 _BOTH = ("GET", "HEAD", "POST")
 _ROUTES = (
     _Route("/", _GET, DebugApp._index, "/", "this page"),
-    _Route("/stacks", _GET, DebugApp._stacks, "/stacks",
-           "every thread's stack and every asyncio task of the main loop (?format=json)"),
-    _Route("/profile", _GET, DebugApp._profile, "/profile?seconds=10",
-           "sample all threads for 1-60 s; flame graph SVG (&format=speedscope|collapsed)"),
-    _Route("/heap", _GET, DebugApp._heap_top, "/heap?top=25",
-           "top allocation sites while tracemalloc traces (&group_by=traceback, &format=json)"),
-    _Route("/heap/start", _BOTH, DebugApp._heap_start, "/heap/start?frames=5",
-           "start tracemalloc (costs memory and CPU until stopped)"),
+    _Route(
+        "/stacks",
+        _GET,
+        DebugApp._stacks,
+        "/stacks",
+        "every thread's stack and every asyncio task of the main loop (?format=json)",
+    ),
+    _Route(
+        "/profile",
+        _GET,
+        DebugApp._profile,
+        "/profile?seconds=10",
+        "sample all threads for 1-60 s; flame graph SVG (&format=speedscope|collapsed)",
+    ),
+    _Route(
+        "/heap",
+        _GET,
+        DebugApp._heap_top,
+        "/heap?top=25",
+        "top allocation sites while tracemalloc traces (&group_by=traceback, &format=json)",
+    ),
+    _Route(
+        "/heap/start",
+        _BOTH,
+        DebugApp._heap_start,
+        "/heap/start?frames=5",
+        "start tracemalloc (costs memory and CPU until stopped)",
+    ),
     _Route("/heap/stop", _BOTH, DebugApp._heap_stop, "/heap/stop", "stop tracemalloc and free its memory"),
     _Route("/stats", _GET, DebugApp._stats, "/stats", "pid, uptime, memory, CPU, threads, fds, gc (JSON)"),
-    _Route("/metrics", _GET, DebugApp._metrics, "/metrics",
-           "request counters and latency, Prometheus text format (?format=json)"),
+    _Route(
+        "/metrics",
+        _GET,
+        DebugApp._metrics,
+        "/metrics",
+        "request counters and latency, Prometheus text format (?format=json)",
+    ),
 )
 
 _INDEX = """<!doctype html>

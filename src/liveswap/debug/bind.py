@@ -34,25 +34,31 @@ def _split(address: str) -> tuple[str, int]:
     if address.startswith("["):
         host, sep, port_text = address[1:].partition("]:")
         if not sep:
-            raise DebugBindError(f"debug address {address!r} has no port after the bracketed IPv6 address",
-                                 hint="write it as [::1]:6060")
+            raise DebugBindError(
+                f"debug address {address!r} has no port after the bracketed IPv6 address", hint="write it as [::1]:6060"
+            )
     else:
         host, sep, port_text = address.rpartition(":")
         if not sep:
             raise DebugBindError(f"debug address {address!r} has no port", hint=f"expected {_FORMS}")
         if ":" in host:
-            raise DebugBindError(f"debug address {address!r}: an IPv6 address needs brackets",
-                                 hint=f"write it as [{host}]:{port_text}")
+            raise DebugBindError(
+                f"debug address {address!r}: an IPv6 address needs brackets", hint=f"write it as [{host}]:{port_text}"
+            )
     if not host:
-        raise DebugBindError(f"debug address {address!r} has no host (an empty host would mean every interface)",
-                             hint=f"write 127.0.0.1:{port_text or 6060} for this machine only")
+        raise DebugBindError(
+            f"debug address {address!r} has no host (an empty host would mean every interface)",
+            hint=f"write 127.0.0.1:{port_text or 6060} for this machine only",
+        )
     try:
         port = int(port_text)
     except ValueError:
         port = -1
     if not 0 <= port <= 65535:
-        raise DebugBindError(f"debug address {address!r}: port {port_text!r} is not a number from 0 to 65535",
-                             hint="e.g. 127.0.0.1:6060 (port 0 picks a free port)")
+        raise DebugBindError(
+            f"debug address {address!r}: port {port_text!r} is not a number from 0 to 65535",
+            hint="e.g. 127.0.0.1:6060 (port 0 picks a free port)",
+        )
     return host, port
 
 
@@ -65,8 +71,9 @@ def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise DebugBindError(f"debug address host {host!r} does not resolve: {exc}",
-                                 hint="use an IP address such as 127.0.0.1") from exc
+            raise DebugBindError(
+                f"debug address host {host!r} does not resolve: {exc}", hint="use an IP address such as 127.0.0.1"
+            ) from exc
         family, _, _, _, sockaddr = infos[0]
         return family, str(sockaddr[0])
     return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), str(ip)
@@ -81,8 +88,10 @@ def _bind_unix(path: str) -> socket.socket:
         mode = None
     if mode is not None:
         if not stat.S_ISSOCK(mode):
-            raise DebugBindError(f"cannot serve the debug server on unix:{path}: the path exists and is not a socket",
-                                 hint="choose another path, or remove the file if it is yours")
+            raise DebugBindError(
+                f"cannot serve the debug server on unix:{path}: the path exists and is not a socket",
+                hint="choose another path, or remove the file if it is yours",
+            )
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             try:
                 probe.connect(path)
@@ -90,11 +99,14 @@ def _bind_unix(path: str) -> socket.socket:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)  # left behind by a process that died: nobody listens on it
             except OSError as exc:
-                raise DebugBindError(f"cannot check whether unix:{path} is in use: {exc}",
-                                     hint="choose another path") from exc
+                raise DebugBindError(
+                    f"cannot check whether unix:{path} is in use: {exc}", hint="choose another path"
+                ) from exc
             else:
-                raise DebugAddressInUseError(f"unix:{path} is in use: another process is listening on it",
-                                     hint="stop that process or choose another path")
+                raise DebugAddressInUseError(
+                    f"unix:{path} is in use: another process is listening on it",
+                    hint="stop that process or choose another path",
+                )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
@@ -102,9 +114,10 @@ def _bind_unix(path: str) -> socket.socket:
         sock.listen(_BACKLOG)
     except OSError as exc:
         sock.close()
-        raise DebugBindError(f"cannot bind the debug server to unix:{path}: {exc}",
-                             hint="check that the directory exists and is writable, and that the path is "
-                                  "shorter than 108 bytes") from exc
+        raise DebugBindError(
+            f"cannot bind the debug server to unix:{path}: {exc}",
+            hint="check that the directory exists and is writable, and that the path is shorter than 108 bytes",
+        ) from exc
     return sock
 
 
@@ -117,7 +130,7 @@ def bind_debug(address: str, allow_public: bool = False) -> socket.socket:
     """
     address = address.strip()
     if address.startswith("unix:"):
-        return _bind_unix(address[len("unix:"):])
+        return _bind_unix(address[len("unix:") :])
     host, port = _split(address)
     family, ip = _resolve(host, port)
     if not allow_public and not _is_loopback(ipaddress.ip_address(ip)):
@@ -126,7 +139,7 @@ def bind_debug(address: str, allow_public: bool = False) -> socket.socket:
             f"refusing to serve the debug server on {where}: not a loopback address, and its endpoints expose "
             "stacks, heap sites and a profiler to anyone who can reach it",
             hint=f"bind 127.0.0.1:{port} and reach it with 'ssh -L {port or 6060}:127.0.0.1:{port or 6060} host', "
-                 "or allow a public address explicitly (allow_public) and set a debug token",
+            "or allow a public address explicitly (allow_public) and set a debug token",
         )
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -140,7 +153,7 @@ def bind_debug(address: str, allow_public: bool = False) -> socket.socket:
         raise kind(
             f"cannot bind the debug server to {address}: {exc.strerror or exc}",
             hint="another process (perhaps an earlier liveswap) may hold the port: choose another one, "
-                 "or port 0 for any free port",
+            "or port 0 for any free port",
         ) from exc
     return sock
 

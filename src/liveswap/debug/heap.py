@@ -49,8 +49,10 @@ def status() -> dict[str, Any]:
 def start(frames: int = DEFAULT_FRAMES) -> dict[str, Any]:
     """Start tracing with ``frames`` frames per allocation (1..100); a no-op if already tracing."""
     if not 1 <= frames <= MAX_FRAMES:
-        raise ValueError(f"frames must be between 1 and {MAX_FRAMES}, got {frames}; "
-                         f"1 is cheapest, {DEFAULT_FRAMES} is enough for group_by=traceback")
+        raise ValueError(
+            f"frames must be between 1 and {MAX_FRAMES}, got {frames}; "
+            f"1 is cheapest, {DEFAULT_FRAMES} is enough for group_by=traceback"
+        )
     already = tracemalloc.is_tracing()
     if not already:
         tracemalloc.start(frames)
@@ -74,7 +76,7 @@ def top(limit: int = 25, group_by: GroupBy = "lineno") -> dict[str, Any]:
         raise HeapNotTracingError(
             "tracemalloc is not tracing, so there are no allocation sites to show",
             hint="start it with /heap/start (or heap.start(), or PYTHONTRACEMALLOC=5 at process start), "
-                 "let the program run, then ask again",
+            "let the program run, then ask again",
         )
     if group_by not in ("lineno", "traceback"):
         raise ValueError(f"group_by must be 'lineno' or 'traceback', got {group_by!r}")

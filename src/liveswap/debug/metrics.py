@@ -140,8 +140,10 @@ def merge_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return Metrics().snapshot() | {"pids": [], "gauges": {}}
     for snap in snapshots:
         if snap.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"not a liveswap metrics snapshot (format {snap.get('format')!r}, "
-                             f"expected {SNAPSHOT_FORMAT!r}); pass the dicts returned by Metrics.snapshot()")
+            raise ValueError(
+                f"not a liveswap metrics snapshot (format {snap.get('format')!r}, "
+                f"expected {SNAPSHOT_FORMAT!r}); pass the dicts returned by Metrics.snapshot()"
+            )
     buckets = snapshots[0]["buckets"]
     requests: dict[tuple[str, str], int] = {}
     cumulative = [0] * (len(buckets) + 1)
@@ -151,8 +153,10 @@ def merge_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     gauges: dict[str, dict[str, Any]] = {}
     for snap in snapshots:
         if snap["buckets"] != buckets:
-            raise ValueError(f"cannot merge histograms with different buckets: {snap['buckets']} vs {buckets}; "
-                             "create every process's Metrics with the same buckets")
+            raise ValueError(
+                f"cannot merge histograms with different buckets: {snap['buckets']} vs {buckets}; "
+                "create every process's Metrics with the same buckets"
+            )
         pids.extend(snap["pids"])
         in_flight += snap["in_flight"]
         for row in snap["requests_total"]:
@@ -170,9 +174,7 @@ def merge_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "pids": pids,
         "time": max(s["time"] for s in snapshots),
         "buckets": list(buckets),
-        "requests_total": [
-            {"method": m, "status": s, "value": v} for (m, s), v in sorted(requests.items())
-        ],
+        "requests_total": [{"method": m, "status": s, "value": v} for (m, s), v in sorted(requests.items())],
         "in_flight": in_flight,
         "request_duration_seconds": {"buckets": cumulative, "sum": total, "count": cumulative[-1]},
         "gauges": dict(sorted(gauges.items())),
@@ -207,12 +209,17 @@ def render_prometheus(snapshot: dict[str, Any]) -> str:
 
     family("http_requests_total", "counter", "HTTP requests finished, by method and status class.")
     for row in snapshot["requests_total"]:
-        lines.append(f'{PREFIX}http_requests_total{{method="{_label(row["method"])}",'
-                     f'status="{_label(row["status"])}"}} {_num(row["value"])}')
+        lines.append(
+            f'{PREFIX}http_requests_total{{method="{_label(row["method"])}",'
+            f'status="{_label(row["status"])}"}} {_num(row["value"])}'
+        )
     family("http_requests_in_flight", "gauge", "HTTP requests being handled now.")
     lines.append(f"{PREFIX}http_requests_in_flight {_num(snapshot['in_flight'])}")
-    family("http_request_duration_seconds", "histogram",
-           "Time from the start of a request to its last response byte (or its exception).")
+    family(
+        "http_request_duration_seconds",
+        "histogram",
+        "Time from the start of a request to its last response byte (or its exception).",
+    )
     hist = snapshot["request_duration_seconds"]
     bounds = [_num(float(b)) for b in snapshot["buckets"]] + ["+Inf"]
     for bound, count in zip(bounds, hist["buckets"], strict=True):

@@ -93,7 +93,7 @@ class DebugServer:
         self._unix_inode: tuple[int, int] | None = None
         if sock.family == socket.AF_UNIX and self.address.startswith("unix:/"):
             try:  # remembered so that stop() removes our socket file, never a successor's
-                st = os.stat(self.address[len("unix:"):])
+                st = os.stat(self.address[len("unix:") :])
                 self._unix_inode = (st.st_dev, st.st_ino)
             except OSError:
                 pass
@@ -110,11 +110,15 @@ class DebugServer:
     def start(self, timeout: float = 10.0) -> None:
         """Start the thread; return once the server accepts connections, or raise ``DebugServerError``."""
         if self._thread is not None:
-            raise DebugServerError(f"the debug server on {self.address} was already started",
-                                   hint="create a new DebugServer (with a new socket) to serve again")
+            raise DebugServerError(
+                f"the debug server on {self.address} was already started",
+                hint="create a new DebugServer (with a new socket) to serve again",
+            )
         if self._sock.fileno() == -1:
-            raise DebugServerError(f"the debug server's socket ({self.address}) is closed",
-                                   hint="pass the open socket returned by bind_debug()")
+            raise DebugServerError(
+                f"the debug server's socket ({self.address}) is closed",
+                hint="pass the open socket returned by bind_debug()",
+            )
         config = uvicorn.Config(
             self.app,
             lifespan="off",
@@ -131,13 +135,16 @@ class DebugServer:
         self._thread.start()
         if not self._ready.wait(timeout):
             self._request_exit()
-            raise DebugServerError(f"the debug server on {self.address} did not start within {timeout:g} s",
-                                   hint="the process may be overloaded; GET /stacks cannot help here, "
-                                        "try py-spy dump --pid " + str(os.getpid()))
+            raise DebugServerError(
+                f"the debug server on {self.address} did not start within {timeout:g} s",
+                hint="the process may be overloaded; GET /stacks cannot help here, "
+                "try py-spy dump --pid " + str(os.getpid()),
+            )
         if self._error is not None:
-            raise DebugServerError(f"the debug server on {self.address} failed to start: {self._error!r}",
-                                   hint="the socket must be a listening stream socket from bind_debug()"
-                                   ) from self._error
+            raise DebugServerError(
+                f"the debug server on {self.address} failed to start: {self._error!r}",
+                hint="the socket must be a listening stream socket from bind_debug()",
+            ) from self._error
 
     def _run(self) -> None:
         quiet = _QuietThread(threading.get_ident())
@@ -180,14 +187,14 @@ class DebugServer:
                 raise DebugServerError(
                     f"the debug server thread ({self.address}) did not stop within {timeout:g} s",
                     hint="it is a daemon thread and will not keep the process alive; a long heap snapshot "
-                         "(/heap) can delay it",
+                    "(/heap) can delay it",
                 )
         self._unlink_unix_socket()
 
     def _unlink_unix_socket(self) -> None:
         if self._unix_inode is None:
             return
-        path = self.address[len("unix:"):]
+        path = self.address[len("unix:") :]
         try:
             st = os.stat(path)
             if (st.st_dev, st.st_ino) == self._unix_inode:  # still ours, not a successor's

@@ -59,15 +59,17 @@ def thread_stacks() -> list[dict[str, Any]]:
     result = []
     for ident, frame in sorted(sys._current_frames().items(), key=lambda item: (item[0] != main, item[0])):
         thread = by_ident.get(ident)
-        result.append({
-            "name": thread.name if thread is not None else f"<unknown thread {ident}>",
-            "ident": ident,
-            "native_id": thread.native_id if thread is not None else None,
-            "daemon": thread.daemon if thread is not None else None,
-            "main": ident == main,
-            "current": ident == me,
-            "frames": _frames_root_first(frame),
-        })
+        result.append(
+            {
+                "name": thread.name if thread is not None else f"<unknown thread {ident}>",
+                "ident": ident,
+                "native_id": thread.native_id if thread is not None else None,
+                "daemon": thread.daemon if thread is not None else None,
+                "main": ident == main,
+                "current": ident == me,
+                "frames": _frames_root_first(frame),
+            }
+        )
     return result
 
 
@@ -145,16 +147,26 @@ def task_stacks(loop: asyncio.AbstractEventLoop) -> list[dict[str, Any]]:
                 # show what it is executing, not just the line of its innermost await.
                 chain += _called_from(chain[-1])
             waiter = getattr(task, "_fut_waiter", None)  # what the task sleeps on (asyncio's own attribute)
-            result.append({
-                "name": task.get_name(),
-                "coroutine": _coro_name(task),
-                "state": "running" if running else "done" if task.done() else "suspended",
-                "awaiting": None if waiter is None else _short_repr(waiter),
-                "frames": [_frame_dict(f) for f in chain],
-            })
+            result.append(
+                {
+                    "name": task.get_name(),
+                    "coroutine": _coro_name(task),
+                    "state": "running" if running else "done" if task.done() else "suspended",
+                    "awaiting": None if waiter is None else _short_repr(waiter),
+                    "frames": [_frame_dict(f) for f in chain],
+                }
+            )
         except Exception as exc:  # the task changed under us (it runs on another thread): report, go on
-            result.append({"name": task.get_name(), "coroutine": "?", "state": "unreadable",
-                           "awaiting": None, "frames": [], "error": _short_repr(exc)})
+            result.append(
+                {
+                    "name": task.get_name(),
+                    "coroutine": "?",
+                    "state": "unreadable",
+                    "awaiting": None,
+                    "frames": [],
+                    "error": _short_repr(exc),
+                }
+            )
     return result
 
 

@@ -104,7 +104,7 @@ class DebugHub:
             raise DebugPublicAddressError(
                 f"--debug-bind {address}: {exc}",
                 hint=f"use --debug-bind 127.0.0.1:{port} and reach it from elsewhere through a tunnel "
-                     f"(ssh -L {port}:127.0.0.1:{port} host) or an authenticating reverse proxy",
+                f"(ssh -L {port}:127.0.0.1:{port} host) or an authenticating reverse proxy",
             ) from None
         return cls(sock, name=name, status=status, token=token)
 
@@ -172,10 +172,13 @@ class DebugHub:
     async def _answer(self, client: ServerConnection, req: Request) -> None:
         try:
             if not self._authorized(req):
-                raise HTTPError(401, "this debug server requires a token",
-                                 "add ?token=<token> to the URL or send 'Authorization: Bearer <token>', "
-                                 "with the token liveswap was started with (--debug-token)",
-                                 [(b"www-authenticate", b'Bearer realm="liveswap debug"')])
+                raise HTTPError(
+                    401,
+                    "this debug server requires a token",
+                    "add ?token=<token> to the URL or send 'Authorization: Bearer <token>', "
+                    "with the token liveswap was started with (--debug-token)",
+                    [(b"www-authenticate", b'Bearer realm="liveswap debug"')],
+                )
             worker = _WORKER_PATH.match(req.path)
             if worker is not None:
                 await self._proxy(client, req, int(worker.group(1)), worker.group(2))
@@ -184,8 +187,9 @@ class DebugHub:
             if route is None:
                 raise HTTPError(404, f"no debug endpoint at {req.path}; the endpoints are:\n{_LISTING}")
             if req.method not in ("GET", "HEAD"):
-                raise HTTPError(405, f"{req.path} accepts GET and HEAD, not {req.method}",
-                                 headers=[(b"allow", b"GET, HEAD")])
+                raise HTTPError(
+                    405, f"{req.path} accepts GET and HEAD, not {req.method}", headers=[(b"allow", b"GET, HEAD")]
+                )
             status, body, content_type = await route(req)
             await client.respond(status, body, content_type)
         except HTTPError as exc:
@@ -224,16 +228,23 @@ class DebugHub:
             rows.append(f'<tr><th colspan="5">generation {gen["generation"]} ({html.escape(gen["state"])})</th></tr>')
             for w in gen["workers"]:
                 pid = w["pid"]
-                tools = " ".join(link(f"/workers/{pid}/{path}", path.partition("?")[0]) for path in
-                                 ("stacks", "profile?seconds=10", "heap", "stats", "metrics"))
-                rows.append(f"<tr><td>{link(f'/workers/{pid}/', f'pid {pid}')}</td>"
-                            f"<td>{html.escape(w['state'])}</td><td>up {w['uptime']:.0f} s</td>"
-                            f"<td>{w['restarts']} restarts</td><td>{tools}</td></tr>")
+                tools = " ".join(
+                    link(f"/workers/{pid}/{path}", path.partition("?")[0])
+                    for path in ("stacks", "profile?seconds=10", "heap", "stats", "metrics")
+                )
+                rows.append(
+                    f"<tr><td>{link(f'/workers/{pid}/', f'pid {pid}')}</td>"
+                    f"<td>{html.escape(w['state'])}</td><td>up {w['uptime']:.0f} s</td>"
+                    f"<td>{w['restarts']} restarts</td><td>{tools}</td></tr>"
+                )
         page = _INDEX.format(
-            pid=status.get("pid", os.getpid()), app=html.escape(str(status.get("app", ""))),
-            state=html.escape(str(status.get("state", ""))), uptime=float(status.get("uptime", 0.0)),
+            pid=status.get("pid", os.getpid()),
+            app=html.escape(str(status.get("app", ""))),
+            state=html.escape(str(status.get("state", ""))),
+            uptime=float(status.get("uptime", 0.0)),
             rows="\n".join(rows) or '<tr><td colspan="5">no workers</td></tr>',
-            metrics=link("/metrics", "/metrics"), status=link("/status", "/status"),
+            metrics=link("/metrics", "/metrics"),
+            status=link("/status", "/status"),
         )
         return 200, page.encode("utf-8"), b"text/html; charset=utf-8"
 
@@ -249,8 +260,12 @@ class DebugHub:
         except (OSError, TimeoutError, h11.ProtocolError, ValueError) as exc:
             log.debug("metrics of worker pid %d not read: %r", pid, exc)
             return None
-        if (status != 200 or not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT
-                or snapshot.get("buckets") != list(DEFAULT_BUCKETS)):
+        if (
+            status != 200
+            or not isinstance(snapshot, dict)
+            or snapshot.get("format") != SNAPSHOT_FORMAT
+            or snapshot.get("buckets") != list(DEFAULT_BUCKETS)
+        ):
             log.debug("metrics of worker pid %d not usable: HTTP %d %.200r", pid, status, body)
             return None
         return snapshot
@@ -300,21 +315,28 @@ class DebugHub:
         pids = self._pids()
         if pid not in pids:
             live = ", ".join(str(p) for p in sorted(pids)) or "none"
-            raise HTTPError(404, f"no worker with pid {pid}; the workers now are: {live}",
-                             "workers change at every reload and restart; / lists them with links")
+            raise HTTPError(
+                404,
+                f"no worker with pid {pid}; the workers now are: {live}",
+                "workers change at every reload and restart; / lists them with links",
+            )
         # The path as received (still percent-encoded), without the /workers/<pid> prefix.
-        target = req.target.partition(b"?")[0][len(f"/workers/{pid}"):] + (b"?" + query if query else b"")
+        target = req.target.partition(b"?")[0][len(f"/workers/{pid}") :] + (b"?" + query if query else b"")
         timeout = self._proxy_timeout(rest, req)
         headers = [(k, v) for k, v in req.headers if k not in _NOT_FORWARDED]
         headers += [(b"x-forwarded-prefix", f"/workers/{pid}".encode()), *self._auth()]
         started = False
         try:
             async with asyncio.timeout(timeout):
-                upstream, response = await WorkerRequest.request(self._socket(pid), req.method, target, headers,
-                                                                 req.body)
+                upstream, response = await WorkerRequest.request(
+                    self._socket(pid), req.method, target, headers, req.body
+                )
                 try:
-                    client.start(response.status_code, [(k, v) for k, v in response.headers if k not in HOP_BY_HOP],
-                                 bytes(response.reason))
+                    client.start(
+                        response.status_code,
+                        [(k, v) for k, v in response.headers if k not in HOP_BY_HOP],
+                        bytes(response.reason),
+                    )
                     started = True
                     async for chunk in upstream.body():
                         await client.data(chunk)
@@ -322,20 +344,29 @@ class DebugHub:
                 finally:
                     upstream.close()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise HTTPError(502, f"worker pid {pid} has no debug server listening ({exc.strerror})",
-                             "a worker opens it right after importing the app: it may still be booting, "
-                             "or be exiting; / lists the workers") from None
+            raise HTTPError(
+                502,
+                f"worker pid {pid} has no debug server listening ({exc.strerror})",
+                "a worker opens it right after importing the app: it may still be booting, "
+                "or be exiting; / lists the workers",
+            ) from None
         except TimeoutError:
             if started:
                 raise
-            raise HTTPError(504, f"worker pid {pid} did not answer within {timeout:g} s",
-                             f"its debug server runs on its own thread, so the process may be stuck outside "
-                             f"Python (py-spy dump --pid {pid} can still tell)") from None
+            raise HTTPError(
+                504,
+                f"worker pid {pid} did not answer within {timeout:g} s",
+                f"its debug server runs on its own thread, so the process may be stuck outside "
+                f"Python (py-spy dump --pid {pid} can still tell)",
+            ) from None
         except (OSError, h11.ProtocolError) as exc:
             if started:
                 raise  # the answer has begun: all we can do is cut the connection
-            raise HTTPError(502, f"worker pid {pid} gave no usable answer: {exc}",
-                             "it may have exited meanwhile; / lists the workers") from None
+            raise HTTPError(
+                502,
+                f"worker pid {pid} gave no usable answer: {exc}",
+                "it may have exited meanwhile; / lists the workers",
+            ) from None
 
     @staticmethod
     def _proxy_timeout(rest: str, req: Request) -> float:
@@ -364,28 +395,45 @@ def _supervisor_metrics(status: Mapping[str, Any], scrape_errors: int) -> str:
         for w in g["workers"]:
             states[w["state"]] = states.get(w["state"], 0) + 1
     lines = [
-        *_family("generation", "gauge", "Number of the live generation (0 until the first one is live).",
-                 [("", live)]),
-        *_family("reloads_total", "counter", "Reload transactions since the supervisor started, by outcome "
-                 "(failed: rolled back, the previous generation kept serving).",
-                 [('{outcome="ok"}', status.get("reloads_ok", 0)),
-                  ('{outcome="failed"}', status.get("reloads_failed", 0))]),
-        *_family("worker_restarts_total", "counter", "Workers started to replace one that crashed.",
-                 [("", status.get("restarts", 0))]),
-        *_family("workers", "gauge", "Worker processes, by state.",
-                 [(f'{{state="{state}"}}', count) for state, count in states.items()]),
-        *_family("debug_scrape_errors", "gauge", "Workers whose metrics could not be read for this answer "
-                 "(their last values are counted).", [("", scrape_errors)]),
+        *_family("generation", "gauge", "Number of the live generation (0 until the first one is live).", [("", live)]),
+        *_family(
+            "reloads_total",
+            "counter",
+            "Reload transactions since the supervisor started, by outcome "
+            "(failed: rolled back, the previous generation kept serving).",
+            [('{outcome="ok"}', status.get("reloads_ok", 0)), ('{outcome="failed"}', status.get("reloads_failed", 0))],
+        ),
+        *_family(
+            "worker_restarts_total",
+            "counter",
+            "Workers started to replace one that crashed.",
+            [("", status.get("restarts", 0))],
+        ),
+        *_family(
+            "workers",
+            "gauge",
+            "Worker processes, by state.",
+            [(f'{{state="{state}"}}', count) for state, count in states.items()],
+        ),
+        *_family(
+            "debug_scrape_errors",
+            "gauge",
+            "Workers whose metrics could not be read for this answer (their last values are counted).",
+            [("", scrape_errors)],
+        ),
     ]
     return "\n".join(lines) + "\n"
 
 
-_LISTING = "\n".join(f"  {path:<28} {text}" for path, text in (
-    ("/", "this instance's generations and workers, with links"),
-    ("/status", "the supervisor's status as JSON (as `liveswap status --json`)"),
-    ("/metrics", "all workers' request metrics summed, and the supervisor's (Prometheus text)"),
-    ("/workers/<pid>/<endpoint>", "one worker's debug server: stacks, profile, heap, stats, metrics"),
-))
+_LISTING = "\n".join(
+    f"  {path:<28} {text}"
+    for path, text in (
+        ("/", "this instance's generations and workers, with links"),
+        ("/status", "the supervisor's status as JSON (as `liveswap status --json`)"),
+        ("/metrics", "all workers' request metrics summed, and the supervisor's (Prometheus text)"),
+        ("/workers/<pid>/<endpoint>", "one worker's debug server: stacks, profile, heap, stats, metrics"),
+    )
+)
 
 _INDEX = """<!doctype html>
 <html><head><meta charset="utf-8"><title>liveswap debug: supervisor pid {pid}</title>

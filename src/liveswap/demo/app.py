@@ -26,9 +26,19 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 return
     if scope["type"] != "http":
         return
-    body = json.dumps({"hello": "from liveswap", "version": VERSION, "pid": os.getpid(),
-                       "path": scope["path"]}).encode() + b"\n"
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"x-app-version", VERSION.encode()),
-                            (b"x-worker-pid", str(os.getpid()).encode())]})
+    body = (
+        json.dumps({"hello": "from liveswap", "version": VERSION, "pid": os.getpid(), "path": scope["path"]}).encode()
+        + b"\n"
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"x-app-version", VERSION.encode()),
+                (b"x-worker-pid", str(os.getpid()).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

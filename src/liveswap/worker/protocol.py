@@ -47,10 +47,14 @@ class Limits:
         self.oversized_headers = 0
 
 
-_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 42\r\n"
-        b"connection: close\r\n\r\nRequest headers not received within limit.")
-_431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        b"content-length: 33\r\nconnection: close\r\n\r\nRequest header fields too large.")
+_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 42\r\n"
+    b"connection: close\r\n\r\nRequest headers not received within limit."
+)
+_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 33\r\nconnection: close\r\n\r\nRequest header fields too large."
+)
 
 
 class _Guard:
@@ -224,8 +228,13 @@ class _HeadCheck:
             await self.app(scope, receive, send)
             return
         self.limits.oversized_headers += 1
-        await send({"type": "http.response.start", "status": 431,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 431,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")],
+            }
+        )
         await send({"type": "http.response.body", "body": b"Request header fields too large.\n"})
 
 
@@ -264,4 +273,3 @@ def protocol_class(name: str = "auto") -> type[asyncio.Protocol]:
     if name == "httptools":
         raise RuntimeError("httptools is not installed; pip install httptools, or use h11")
     return GuardedH11Protocol
-

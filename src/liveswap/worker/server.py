@@ -51,18 +51,36 @@ class _Capture(logging.Handler):
 class WorkerServer:
     """Serves an ASGI 3 app with uvicorn's protocols on given listening sockets."""
 
-    def __init__(self, app: Callable[..., Any], sockets: Sequence[socket.socket], *, lifespan: Any = "auto",
-                 keepalive_timeout: float = 5.0, header_timeout: float = 10.0, max_header_bytes: int = 65536,
-                 idle_grace: float = 1.0, max_connections: int = 0, access_log: bool = False,
-                 http: str = "auto", proxy_headers: bool = True, forwarded_allow_ips: str | None = None) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        sockets: Sequence[socket.socket],
+        *,
+        lifespan: Any = "auto",
+        keepalive_timeout: float = 5.0,
+        header_timeout: float = 10.0,
+        max_header_bytes: int = 65536,
+        idle_grace: float = 1.0,
+        max_connections: int = 0,
+        access_log: bool = False,
+        http: str = "auto",
+        proxy_headers: bool = True,
+        forwarded_allow_ips: str | None = None,
+    ) -> None:
         self.sockets = list(sockets)
         self.limits = Limits(header_timeout=header_timeout, max_header_bytes=max_header_bytes, idle_grace=idle_grace)
         self.config = uvicorn.Config(
-            app, interface="asgi3", lifespan=lifespan, log_config=None, access_log=access_log,
+            app,
+            interface="asgi3",
+            lifespan=lifespan,
+            log_config=None,
+            access_log=access_log,
             timeout_keep_alive=int(keepalive_timeout) if keepalive_timeout >= 1 else 1,
-            limit_concurrency=max_connections or None, http=protocol_class(http),
+            limit_concurrency=max_connections or None,
+            http=protocol_class(http),
             h11_max_incomplete_event_size=max_header_bytes + 1024,
-            proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
+            proxy_headers=proxy_headers,
+            forwarded_allow_ips=forwarded_allow_ips,
         )
         self.config.timeout_keep_alive = keepalive_timeout  # type: ignore[assignment]  # a float works
         self.config.load()
@@ -74,8 +92,9 @@ class WorkerServer:
 
     def _protocol(self, _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
         cls: Any = self.config.http_protocol_class
-        proto: asyncio.Protocol = cls(config=self.config, server_state=self.state, app_state=self.lifespan.state,
-                                      _loop=_loop, limits=self.limits)
+        proto: asyncio.Protocol = cls(
+            config=self.config, server_state=self.state, app_state=self.lifespan.state, _loop=_loop, limits=self.limits
+        )
         return proto
 
     async def startup(self) -> None:
@@ -149,8 +168,12 @@ class WorkerServer:
         while self.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         if self.busy:
-            log.error("drain timeout: %d connection(s) and %d request(s) still open after %.1f s",
-                      len(self.state.connections), len(self.state.tasks), timeout)
+            log.error(
+                "drain timeout: %d connection(s) and %d request(s) still open after %.1f s",
+                len(self.state.connections),
+                len(self.state.tasks),
+                timeout,
+            )
             for task in list(self.state.tasks):
                 task.cancel()
             return False

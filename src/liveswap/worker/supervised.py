@@ -60,8 +60,9 @@ def main() -> int:
     health = socket.socket(fileno=int(env.pop("LIVESWAP_HEALTH_FD")))
     listeners = inherit_listen_fds(env) or []
     try:
-        app, kind = load_app(settings.app, factory=settings.factory, interface=settings.interface,
-                             app_dir=settings.app_dir)
+        app, kind = load_app(
+            settings.app, factory=settings.factory, interface=settings.interface, app_dir=settings.app_dir
+        )
     except AppLoadError as exc:
         log.error("cannot load %s: %s", settings.app, exc)
         if exc.hint:
@@ -80,8 +81,9 @@ def main() -> int:
     if settings.debug_bind:
         app, debug = _start_debug(app, settings, generation, loop)
     try:
-        return loop.run_until_complete(_serve(app, kind, settings, control, health, [lst.sock for lst in listeners],
-                                              (t0, import_ms)))
+        return loop.run_until_complete(
+            _serve(app, kind, settings, control, health, [lst.sock for lst in listeners], (t0, import_ms))
+        )
     finally:
         if debug is not None:
             debug.stop()
@@ -104,19 +106,37 @@ def _start_debug(app: Any, settings: Settings, generation: str, loop: asyncio.Ab
     metrics = Metrics()
     metrics.set_gauge("worker_generation", float(generation), "Generation of this worker.")
     path = os.path.join(_debug_socket_dir(settings.instance_name()), f"{os.getpid()}.sock")
-    server = DebugServer(bind_debug(f"unix:{path}"), metrics=metrics, main_loop=loop,
-                         token=settings.debug_token or None, extra=lambda: {"generation": int(generation)})
+    server = DebugServer(
+        bind_debug(f"unix:{path}"),
+        metrics=metrics,
+        main_loop=loop,
+        token=settings.debug_token or None,
+        extra=lambda: {"generation": int(generation)},
+    )
     server.start()
     return MetricsMiddleware(app, metrics), server
 
 
-async def _serve(app: Any, kind: str, settings: Settings, control: socket.socket, health: socket.socket,
-                 sockets: list[socket.socket], timing: tuple[float, float]) -> int:
+async def _serve(
+    app: Any,
+    kind: str,
+    settings: Settings,
+    control: socket.socket,
+    health: socket.socket,
+    sockets: list[socket.socket],
+    timing: tuple[float, float],
+) -> int:
     loop = asyncio.get_running_loop()
-    server = WorkerServer(app, sockets, keepalive_timeout=settings.keepalive_timeout,
-                          header_timeout=settings.header_timeout, max_header_bytes=settings.max_header_bytes,
-                          idle_grace=settings.idle_grace, max_connections=settings.max_connections,
-                          access_log=settings.access_log)
+    server = WorkerServer(
+        app,
+        sockets,
+        keepalive_timeout=settings.keepalive_timeout,
+        header_timeout=settings.header_timeout,
+        max_header_bytes=settings.max_header_bytes,
+        idle_grace=settings.idle_grace,
+        max_connections=settings.max_connections,
+        access_log=settings.access_log,
+    )
     try:
         await server.startup()
     except StartupFailed as exc:
