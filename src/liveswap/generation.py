@@ -17,7 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BootFailed", "GenState", "Generation", "Worker", "WorkerState"]
+__all__ = ["BootFailed", "GenState", "Generation", "Worker", "WorkerState", "beat_interval"]
+
+
+def beat_interval(worker_timeout: float) -> float:
+    """How often a worker proves that its event loop turns: often enough that a late beat or two
+    never looks like a hang, and ``status`` stays fresh."""
+    return min(1.0, worker_timeout / 4)
 
 
 class GenState(enum.Enum):
@@ -32,6 +38,7 @@ class WorkerState(enum.Enum):
     BOOTING = "booting"  # forked, importing and starting the app
     READY = "ready"  # passed its health check, not yet accepting public connections
     LIVE = "live"  # accepting
+    HUNG = "hung"  # its event loop stopped turning: being replaced, then killed
     DRAINING = "draining"
     DEAD = "dead"
 
@@ -63,6 +70,10 @@ class Worker:
     boot_error: tuple[str, str] | None = None
     hammer: asyncio.TimerHandle | None = None
     expected_exit: bool = False
+    last_beat: float = 0.0  # monotonic time of its last heartbeat (or of going live)
+    health_status: int = 0  # what its health check answered
+    dump: list[str] = field(default_factory=list)  # what faulthandler wrote (stacks at a fatal signal)
+    reader: asyncio.Task[None] | None = None  # reads its control channel until EOF
 
     def send(self, **message: Any) -> None:
         import json

@@ -21,7 +21,7 @@ from . import _template
 from ._spawner import Spawner
 from .config import Settings
 from .control import ControlServer
-from .generation import BootFailed, Generation, GenState, Worker, WorkerState
+from .generation import BootFailed, Generation, GenState, Worker, WorkerState, beat_interval
 from .notify import Notifier, NotifyReceiver
 from .sockets import Listener, close_all, describe, listen_env
 
@@ -36,6 +36,9 @@ EXIT_OK = 0
 EXIT_BOOT_ERROR = 3
 STABLE_AFTER = 10.0  # a worker up this long resets its slot's crash count
 ACK_TIMEOUT = 5.0
+STALE_BEATS = 3  # this many heartbeat intervals without one: the reload does not wait for the worker
+HUNG_DUMP_TIMEOUT = 2.0  # how long a hung worker gets to write its stacks and die of SIGABRT
+STOPPING = "the instance is stopping (SIGTERM, SIGINT or liveswap stop); the reload was abandoned"
 
 
 def _exit_text(code: int) -> str:
@@ -45,6 +48,20 @@ def _exit_text(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
+
+
+def health_host(listeners: list[Listener]) -> str:
+    """The Host header of health checks: the first public TCP address, as a client would name it
+    (an app that checks Host, like Django's ALLOWED_HOSTS, must accept it, or the check proves nothing)."""
+    for listener in listeners:
+        if listener.sock.family in (socket.AF_INET, socket.AF_INET6):
+            host, port = listener.sock.getsockname()[:2]
+            if host in ("0.0.0.0", "::"):
+                host = "localhost"
+            elif ":" in host:
+                host = f"[{host}]"
+            return f"{host}:{port}"
+    return "localhost"
 
 
 class Supervisor:
@@ -63,7 +80,7 @@ class Supervisor:
         self.reload_task: asyncio.Task[None] | None = None
         self.waiting: list[tuple[asyncio.Future[dict[str, Any]], str]] = []
         self.last_reload: dict[str, Any] | None = None
-        self.counts = {"reloads_ok": 0, "reloads_failed": 0, "restarts": 0}
+        self.counts = {"reloads_ok": 0, "reloads_failed": 0, "restarts": 0, "hung": 0}
         self.started_at = time.time()
         self.systemd = Notifier()
         env = dict(os.environ)
@@ -75,6 +92,7 @@ class Supervisor:
         self._stopped: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.debug: DebugHub | None = None  # --debug-bind: the one debug port for all workers
+        self.health_host = settings.health_host or health_host(listeners)
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
@@ -85,8 +103,10 @@ class Supervisor:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("internal error in %s", task.get_coro(), exc_info=task.exception())
+        exc = None if task.cancelled() else task.exception()
+        # A boot that failed is an expected outcome, reported by the transaction that awaited it.
+        if exc is not None and not isinstance(exc, BootFailed):
+            log.error("internal error in %s", task.get_coro(), exc_info=exc)
 
     async def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
@@ -112,6 +132,8 @@ class Supervisor:
         loop.add_reader(self.notify_rx.fileno(), lambda: self.events.put_nowait(("notify",)))
         await self.control.start()
         dispatcher = self._spawn_task(self._dispatch())
+        if self.settings.worker_timeout:
+            self._spawn_task(self._watchdog())
         started = time.monotonic()
         try:
             if self.debug is not None:  # --debug-bind
@@ -208,6 +230,8 @@ class Supervisor:
         prev = worker.state
         worker.state = WorkerState.DEAD
         self.by_pid.pop(worker.pid, None)
+        if worker.writer is not None:  # our end of its control channel: closed now, not by the GC
+            worker.writer.close()
         if worker.hammer is not None:
             worker.hammer.cancel()
         gen = worker.generation
@@ -215,15 +239,17 @@ class Supervisor:
             worker.exited.set_result(code)
         if self.debug is not None:  # --debug-bind: a killed worker leaves its debug socket behind
             self.debug.worker_exited(worker.pid)
-        if prev is WorkerState.DRAINING or worker.expected_exit:
+        if prev is WorkerState.HUNG:
+            log.info("hung %s ended (%s)", worker.describe(), _exit_text(code))
+        elif prev is WorkerState.DRAINING or worker.expected_exit:
             log.info(
                 "%s exited (%s) after %.2f s draining",
                 worker.describe(),
                 _exit_text(code),
                 time.monotonic() - worker.live_at if worker.live_at else 0.0,
             )
-        elif prev in (WorkerState.BOOTING, WorkerState.READY):
-            pass  # the boot coroutine reports it
+        elif prev in (WorkerState.BOOTING, WorkerState.READY, WorkerState.HUNG):
+            pass  # the boot coroutine, or the hung worker's replacement, reports it
         elif prev is WorkerState.LIVE and gen is self.live and not self.stopping:
             log.error("%s exited unexpectedly (%s)", worker.describe(), _exit_text(code))
             self._schedule_restart(gen, worker)
@@ -274,7 +300,7 @@ class Supervisor:
         self.by_pid[worker.pid] = worker
         control.setblocking(False)
         reader, worker.writer = await asyncio.open_connection(sock=control)
-        reading = self._spawn_task(self._read_worker(worker, reader))
+        reading = worker.reader = self._spawn_task(self._read_worker(worker, reader))
         for fields in self.early_notify.pop(worker.pid, []):
             self._on_notify(worker.pid, fields)
         if worker.pid in self.early_exits:
@@ -282,6 +308,7 @@ class Supervisor:
         try:
             await self._await_ready(worker, reading, deadline)
             status = await asyncio.wait_for(self._health_check(worker), max(0.0, deadline - loop.time()))
+            worker.health_status = status
             if status >= 500:
                 raise BootFailed(f"health check GET {self.settings.health_path} answered {status}")
         except TimeoutError:
@@ -320,7 +347,7 @@ class Supervisor:
         reader, writer = await asyncio.open_connection(sock=worker.health)
         try:
             writer.write(
-                f"GET {self.settings.health_path} HTTP/1.1\r\nhost: liveswap-health\r\n"
+                f"GET {self.settings.health_path} HTTP/1.1\r\nhost: {self.health_host}\r\n"
                 "user-agent: liveswap-health\r\nconnection: close\r\n\r\n".encode()
             )
             line = await reader.readline()
@@ -339,15 +366,25 @@ class Supervisor:
 
     async def _read_worker_lines(self, worker: Worker, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():
-            try:
-                msg = json.loads(line)
-            except ValueError:
+            if line.startswith(b"{"):
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(msg, dict):
+                    continue
+            else:  # faulthandler's report of a fatal signal: every thread's stack
+                if len(worker.dump) < 500:
+                    worker.dump.append(line.decode("utf-8", "replace").rstrip())
                 continue
-            if msg.get("event") == "boot_error":
+            event = msg.get("event")
+            if event == "beat":
+                worker.last_beat = time.monotonic()
+            elif event == "boot_error":
                 worker.boot_error = (str(msg.get("error", "boot error")), str(msg.get("detail", "")))
-            elif msg.get("event") == "live" and not worker.live.done():
+            elif event == "live" and not worker.live.done():
                 worker.live.set_result(None)
-            elif msg.get("event") == "draining" and not worker.draining.done():
+            elif event == "draining" and not worker.draining.done():
                 worker.draining.set_result(None)
 
     async def _go(self, workers: list[Worker]) -> None:
@@ -356,16 +393,18 @@ class Supervisor:
         await asyncio.wait([w.live for w in workers], timeout=ACK_TIMEOUT)
         now = time.monotonic()
         for w in workers:
+            if not w.live.done():
+                log.warning("%s did not confirm it accepts within %.0f s", w.describe(), ACK_TIMEOUT)
             if w.state is WorkerState.READY:
                 w.state = WorkerState.LIVE
-                w.live_at = now
+                w.live_at = w.last_beat = now
 
     # ---- reloads --------------------------------------------------------------------------------
     def request_reload(self, reason: str) -> asyncio.Future[dict[str, Any]]:
         """Ask for a reload; the future gets its outcome. Requests during a reload are coalesced."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         if self.stopping:
-            fut.set_result({"ok": False, "error": "the instance is stopping"})
+            fut.set_result({"ok": False, "stopping": True, "error": STOPPING})
             return fut
         self.waiting.append((fut, reason))
         if self.live is not None or self.reload_task is not None:
@@ -390,7 +429,7 @@ class Supervisor:
             self.reload_task = None
             for fut, _ in self.waiting:
                 if not fut.done():
-                    fut.set_result({"ok": False, "error": "the instance is stopping"})
+                    fut.set_result({"ok": False, "stopping": True, "error": STOPPING})
             self.waiting = []
 
     async def _transaction(self, reason: str) -> dict[str, Any]:
@@ -406,8 +445,8 @@ class Supervisor:
         boots = [self._spawn_task(self._boot(gen, slot)) for slot in range(self.settings.workers)]
         done, pending = await asyncio.wait(boots, return_when=asyncio.FIRST_EXCEPTION)
         failure = next((t.exception() for t in done if t.exception() is not None), None)
-        if failure is None and self.stopping:
-            failure = BootFailed("the instance is stopping")
+        if self.stopping:  # a stop arrived during the reload (its workers were killed): not a rollback
+            failure = BootFailed(STOPPING)
         outcome: dict[str, Any] = {"generation": gen.number, "reason": reason, "time": time.time()}
         if failure is not None:
             for task in pending:
@@ -417,6 +456,8 @@ class Supervisor:
                 self._kill(w)
             gen.state = GenState.FAILED
             outcome.update(ok=False, error=str(failure), detail=getattr(failure, "detail", ""))
+            if self.stopping:
+                outcome["stopping"] = True
         else:
             await self._go(gen.workers)
             gen.state = GenState.LIVE
@@ -425,11 +466,15 @@ class Supervisor:
                 self._drain_generation(old)
                 await self._stopped_accepting(old)
             outcome.update(ok=True)
+            warning = self._health_warning(gen)
+            if warning:
+                outcome["warning"] = warning
+                log.warning("%s", warning)
         outcome["duration_ms"] = round((time.monotonic() - t0) * 1000, 1)
         if old is not None or not outcome["ok"]:
             self.last_reload = outcome
             self.counts["reloads_ok" if outcome["ok"] else "reloads_failed"] += 1
-        if old is None:
+        if old is None or outcome.get("stopping"):
             pass
         elif outcome["ok"]:
             log.info(
@@ -452,6 +497,17 @@ class Supervisor:
         self._forget_finished()
         return outcome
 
+    def _health_warning(self, gen: Generation) -> str:
+        statuses = sorted({w.health_status for w in gen.workers if 400 <= w.health_status < 500})
+        if not statuses:
+            return ""
+        return (
+            f"generation {gen.number} went live, but its health check GET {self.settings.health_path} "
+            f"(Host: {self.health_host}) answered {', '.join(map(str, statuses))}: a 4xx proves little, a broken "
+            "release may pass it. hint: point --health-path at a route that answers 200; Django answers 400 to a "
+            "Host not in ALLOWED_HOSTS: add it there or pass --health-host"
+        )
+
     def _drain_generation(self, gen: Generation) -> None:
         gen.state = GenState.DRAINING
         for timer in gen.restart_pending.values():
@@ -464,13 +520,31 @@ class Supervisor:
 
     async def _stopped_accepting(self, gen: Generation) -> None:
         """Wait until every worker of ``gen`` has closed its listeners (or exited): from then on no
-        new connection can reach the old code, so the reload's caller is told only then."""
-        deadline = asyncio.get_running_loop().time() + ACK_TIMEOUT
+        new connection can reach the old code, so the reload's caller is told only then. A worker
+        whose loop has stopped turning cannot answer: the reload does not wait for it (the watchdog
+        replaces it, and the drain timeout ends it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACK_TIMEOUT
         for w in gen.alive():
+            if self._silent_for(w) > STALE_BEATS * beat_interval(self.settings.worker_timeout):
+                log.warning(
+                    "%s has sent no heartbeat for %.1f s: not waiting for it to stop accepting",
+                    w.describe(),
+                    self._silent_for(w),
+                )
+                continue
             waits: list[asyncio.Future[Any]] = [w.draining, w.exited]
-            left = deadline - asyncio.get_running_loop().time()
+            left = deadline - loop.time()
             if left > 0:
                 await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if not (w.draining.done() or w.exited.done()):
+                log.warning("%s did not confirm within %.0f s that it stopped accepting", w.describe(), ACK_TIMEOUT)
+
+    def _silent_for(self, worker: Worker) -> float:
+        """Seconds since ``worker``'s last heartbeat (0 when heartbeats are off or it is not live yet)."""
+        if not self.settings.worker_timeout or not worker.last_beat:
+            return 0.0
+        return time.monotonic() - worker.last_beat
 
     def _drain_worker(self, worker: Worker) -> None:
         if worker.state in (WorkerState.DEAD, WorkerState.DRAINING):
@@ -489,6 +563,74 @@ class Supervisor:
                 self.settings.drain_timeout,
             )
             self._kill(worker)
+
+    # ---- hung workers ------------------------------------------------------------------------------
+    async def _watchdog(self) -> None:
+        """Every heartbeat interval: a live worker silent for --worker-timeout is hung."""
+        timeout = self.settings.worker_timeout
+        while True:
+            await asyncio.sleep(beat_interval(timeout))
+            gen = self.live
+            if gen is None or self.stopping:
+                continue
+            for w in gen.workers:
+                if w.state is WorkerState.LIVE and self._silent_for(w) > timeout:
+                    self._on_hung(gen, w)
+
+    def _on_hung(self, gen: Generation, worker: Worker) -> None:
+        worker.state = WorkerState.HUNG
+        worker.expected_exit = True
+        self.counts["hung"] += 1
+        log.error(
+            "%s is hung: its event loop has not turned for %.1f s (--worker-timeout %g s); starting a "
+            "replacement, then killing it",
+            worker.describe(),
+            self._silent_for(worker),
+            self.settings.worker_timeout,
+        )
+        self._spawn_task(self._replace_hung(gen, worker))
+
+    async def _replace_hung(self, gen: Generation, hung: Worker) -> None:
+        """Boot and health-check a replacement first, then kill the hung worker, logging where it was stuck."""
+        replaced = False
+        if gen is self.live and not self.stopping:
+            self.counts["restarts"] += 1
+            try:
+                worker = await self._boot(gen, hung.slot, hung.restarts + 1)
+            except BootFailed as exc:
+                log.error("replacement of hung %s failed: %s", hung.describe(), exc)
+            else:
+                if gen is self.live and not self.stopping:
+                    await self._go([worker])
+                    log.info("%s replaced the hung %s", worker.describe(), hung.describe())
+                    replaced = True
+                else:
+                    self._drain_worker(worker)
+        await self._kill_with_stacks(hung)
+        if not replaced and gen is self.live and not self.stopping:
+            self._schedule_restart(gen, hung)
+
+    async def _kill_with_stacks(self, worker: Worker) -> None:
+        """SIGABRT makes faulthandler write every thread's stack to the control channel and the process
+        die (SIGCONT first wakes a stopped one); SIGKILL if it is not gone by the deadline."""
+        if worker.state is WorkerState.DEAD:
+            return
+        for sig in (signal.SIGABRT, signal.SIGCONT):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, sig)
+        waits: list[asyncio.Future[Any]] = [worker.exited]
+        if worker.reader is not None:
+            waits.append(worker.reader)
+        await asyncio.wait(waits, timeout=HUNG_DUMP_TIMEOUT, return_when=asyncio.ALL_COMPLETED)
+        if not worker.exited.done():
+            log.warning(
+                "%s did not die of SIGABRT within %.0f s; sending SIGKILL", worker.describe(), HUNG_DUMP_TIMEOUT
+            )
+            self._kill(worker)
+        if worker.dump:
+            log.error("where %s was stuck:\n%s", worker.describe(), "\n".join(worker.dump))
+        else:
+            log.error("%s left no stacks", worker.describe())
 
     # ---- crashes --------------------------------------------------------------------------------
     def _schedule_restart(self, gen: Generation, dead: Worker) -> None:

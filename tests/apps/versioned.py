@@ -1,7 +1,8 @@
 """Test app whose code "version" and boot behaviour come from a file, re-read at every import.
 
 The file named by $LIVESWAP_TEST_STATE holds one line: a version string, optionally followed by a
-behaviour: "fail-import", "hang-import", "fail-startup", "unhealthy", "hang-shutdown", "crash-soon", "slow-import".
+behaviour: "fail-import", "hang-import", "fail-startup", "raise-startup", "unhealthy", "hang-shutdown", "crash-soon", "slow-import",
+"block-after" (GET /block blocks the event loop for good).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def _headers(extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes
             (b"x-worker-pid", str(os.getpid()).encode()), *(extra or [])]
 
 
+def _connect_db() -> None:
+    raise RuntimeError(f"db unreachable (version {VERSION})")
+
+
 async def _lifespan(receive: Any, send: Any) -> None:
     while True:
         message = await receive()
@@ -36,6 +41,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
             if BEHAVIOUR == "fail-startup":
                 await send({"type": "lifespan.startup.failed", "message": f"startup failed in {VERSION}"})
                 return
+            if BEHAVIOUR == "raise-startup":
+                _connect_db()
             await send({"type": "lifespan.startup.complete"})
             if BEHAVIOUR == "crash-soon":
                 asyncio.get_running_loop().call_later(0.3, os._exit, 9)
@@ -61,6 +68,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
     if path == "/" and BEHAVIOUR == "unhealthy":
         status, body = 503, b"unhealthy\n"
+    elif path == "/block":
+        print(f"blocking the event loop in pid {os.getpid()}", flush=True)
+        time.sleep(3600)
+        status, body = 200, b"unreachable\n"
     elif path == "/slow":
         seconds = float(dict(p.split("=") for p in scope["query_string"].decode().split("&") if "=" in p).get("s", 1))
         print(f"slow request started in pid {os.getpid()}", flush=True)

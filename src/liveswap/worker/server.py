@@ -19,33 +19,12 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
+from .lifespan import Lifespan, StartupFailed
 from .protocol import Limits, protocol_class
 
 __all__ = ["StartupFailed", "WorkerServer"]
 
 log = logging.getLogger("liveswap.worker")
-
-
-class StartupFailed(Exception):
-    """The app's lifespan startup failed; ``detail`` has the end of its traceback when there is one."""
-
-    def __init__(self, message: str, detail: str = "") -> None:
-        super().__init__(message)
-        self.detail = detail
-
-
-class _Capture(logging.Handler):
-    """Keeps the last error uvicorn logs during lifespan startup, to report it to the supervisor."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.text = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.exc_info:
-            text = logging.Formatter().formatException(record.exc_info)
-        self.text = "\n".join(text.rstrip().splitlines()[-6:])
 
 
 class WorkerServer:
@@ -85,7 +64,7 @@ class WorkerServer:
         self.config.timeout_keep_alive = keepalive_timeout  # type: ignore[assignment]  # a float works
         self.config.load()
         self.state = ServerState()
-        self.lifespan: Any = self.config.lifespan_class(self.config)
+        self.lifespan = Lifespan(self.config.loaded_app, lifespan)
         self.servers: list[asyncio.AbstractServer] = []
         self._ticker: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
@@ -101,15 +80,7 @@ class WorkerServer:
         """Run the app's lifespan startup; raises StartupFailed."""
         self._refresh_headers()
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
-        capture = _Capture()
-        uv = logging.getLogger("uvicorn.error")
-        uv.addHandler(capture)
-        try:
-            await self.lifespan.startup()
-        finally:
-            uv.removeHandler(capture)
-        if self.lifespan.should_exit:
-            raise StartupFailed("the app's lifespan startup failed", capture.text)
+        await self.lifespan.startup()
 
     def _refresh_headers(self) -> None:
         date = [(b"date", formatdate(time.time(), usegmt=True).encode())] if self.config.date_header else []

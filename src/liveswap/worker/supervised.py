@@ -11,6 +11,7 @@ closes, the supervisor is gone and so do we (PR_SET_PDEATHSIG covers a SIGKILLed
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from .. import notify
 from .._log import setup_logging
 from ..config import Settings
 from ..errors import AppLoadError
+from ..generation import beat_interval
 from ..sockets import inherit_listen_fds
 from .app import load_app
 from .server import StartupFailed, WorkerServer, new_event_loop
@@ -143,6 +145,9 @@ async def _serve(
         _send(control, event="boot_error", error=str(exc), detail=exc.detail)
         return EXIT_BOOT_ERROR
     await server.serve_connection(health)
+    # A fatal signal (SIGABRT from the supervisor when this worker hangs, or a crash) writes every
+    # thread's stack to the control channel: the supervisor logs them as where it was stuck.
+    faulthandler.enable(file=control.fileno(), all_threads=True)
     control.setblocking(False)
     reader, writer = await asyncio.open_connection(sock=control)
     stop = asyncio.Event()
@@ -182,13 +187,23 @@ async def _serve(
                 stop.set()
                 return
 
+    async def heartbeat(interval: float) -> None:
+        # Proof that this loop turns: the supervisor replaces a worker that stays silent for
+        # --worker-timeout (a blocked loop, a deadlock, a SIGSTOP).
+        while True:
+            writer.write(b'{"event": "beat"}\n')
+            await asyncio.sleep(interval)
+
     reading = loop.create_task(commands())
+    beating = loop.create_task(heartbeat(beat_interval(settings.worker_timeout))) if settings.worker_timeout else None
     await stop.wait()
     if orphaned:
         log.error("the supervisor is gone; exiting")
         os._exit(EXIT_ORPHANED)
     reading.cancel()
     clean = await server.drain(settings.drain_timeout)
+    if beating is not None:
+        beating.cancel()
     await server.shutdown()
     log.info("drained%s; exiting", "" if clean else " (with requests cut at the drain timeout)")
     writer.close()
