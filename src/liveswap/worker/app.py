@@ -7,7 +7,9 @@ adapted with a2wsgi; ``factory=True`` calls the attribute first.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -15,33 +17,92 @@ from typing import Any
 
 from ..errors import AppLoadError
 
-__all__ = ["detect_interface", "import_app", "load_app"]
+__all__ = ["app_traceback", "check_app", "detect_interface", "import_app", "load_app", "split_app_spec"]
 
 ASGIApp = Callable[..., Any]
+
+_LIVESWAP_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_IMPORTLIB = os.path.abspath(importlib.__file__)  # import_module()
+
+
+def split_app_spec(spec: str) -> tuple[str, str]:
+    """``"module:attribute"`` -> ``(module, attribute)``; an AppLoadError with a hint when it is not that."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        guess = (module_name or "main").removesuffix(".py").replace("/", ".").strip(".") or "main"
+        raise AppLoadError(
+            f'Import string "{spec}" must be in format "<module>:<attribute>".',
+            hint=f"for app = FastAPI() in {guess.replace('.', '/')}.py, use {guess}:{attr or 'app'}",
+        )
+    if "/" in module_name or module_name.endswith(".py"):
+        folder, _, base = module_name.removesuffix(".py").rpartition("/")
+        use = f"--app-dir {folder} {base}:{attr}" if folder else f"{base}:{attr}"
+        raise AppLoadError(
+            f'Import string "{spec}": "{module_name}" is a file name; APP takes a module name.', hint=f"use {use}"
+        )
+    if not all(module_name.split(".")):
+        raise AppLoadError(
+            f'Import string "{spec}": "{module_name}" is not a module name.',
+            hint="give the module's full dotted name, e.g. myapp.main:app (relative names are not supported)",
+        )
+    if not all(part.isidentifier() for part in attr.split(".")):
+        name = attr.split("(")[0]
+        hint = f"give the name of the app object, e.g. {module_name}:app"
+        if attr.endswith(")") and name.isidentifier():
+            hint = f"to call a factory, use {module_name}:{name} --factory"
+        raise AppLoadError(f'Import string "{spec}": "{attr}" is not an attribute name.', hint=hint)
+    return module_name, attr
+
+
+def _not_found_hint(top: str, app_dir: str) -> str:
+    where = os.path.abspath(app_dir or ".")
+    return (
+        f"looked for {top}.py and {top}/ in {where} (--app-dir) and on the Python path; run liveswap from the "
+        f"directory that contains it, or pass --app-dir DIR"
+    )
+
+
+def check_app(spec: str, app_dir: str = ".") -> None:
+    """Check APP before anything is started, without running any of the user's code.
+
+    The format, and that its top-level module can be found (``importlib.util.find_spec`` on the
+    top-level name only, so that no parent package is imported) with ``app_dir`` first on the path.
+    A missing submodule or attribute can only be found by importing, which only workers do.
+    """
+    module_name, _ = split_app_spec(spec)
+    top = module_name.partition(".")[0]
+    saved = list(sys.path)
+    sys.path.insert(0, app_dir)
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    finally:
+        sys.path[:] = saved
+    if found is None:
+        raise AppLoadError(f'Could not import module "{module_name}".', hint=_not_found_hint(top, app_dir))
 
 
 def import_app(spec: str, app_dir: str = ".") -> Any:
     """Import ``module:attribute`` (attribute may be dotted), with ``app_dir`` first on sys.path."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise AppLoadError(
-            f'Import string "{spec}" must be in format "<module>:<attribute>".',
-            hint="for app = FastAPI() in main.py, use main:app",
-        )
+    module_name, attr = split_app_spec(spec)
     if app_dir and app_dir not in sys.path:
         sys.path.insert(0, app_dir)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise AppLoadError(
-                f'Could not import module "{module_name}".',
-                hint=f"run from the directory that contains it, or pass --app-dir "
-                f"(sys.path starts with {sys.path[0]!r})",
-            ) from exc
-        raise AppLoadError(f'Error importing "{module_name}": {exc}', hint=_tail(exc)) from exc
+        if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
+            parent, _, last = exc.name.rpartition(".")
+            hint = _not_found_hint(exc.name, app_dir)
+            if parent in sys.modules:
+                where = getattr(sys.modules[parent], "__file__", None) or parent
+                hint = f'the package "{parent}" ({where}) has no module "{last}"'
+            raise AppLoadError(f'Could not import module "{module_name}".', hint=hint) from exc
+        raise AppLoadError(f'Error importing "{module_name}": {exc}', hint=app_traceback(exc)) from exc
     except Exception as exc:
-        raise AppLoadError(f'Error importing "{module_name}": {type(exc).__name__}: {exc}', hint=_tail(exc)) from exc
+        raise AppLoadError(
+            f'Error importing "{module_name}": {type(exc).__name__}: {exc}', hint=app_traceback(exc)
+        ) from exc
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -59,10 +120,56 @@ def _public_names(module: Any) -> list[str]:
     return names[:12]
 
 
-def _tail(exc: BaseException) -> str:
-    """The last lines of a traceback: where the error is, for the reload caller."""
-    lines = traceback.format_exception(exc)
-    return "".join(lines[-6:]).rstrip()
+def _is_machinery(filename: str) -> bool:
+    """Frames that are never the app's: the import system's and liveswap's own (its demo app aside)."""
+    if filename.startswith("<frozen importlib") or filename == _IMPORTLIB:
+        return True
+    return filename.startswith(_LIVESWAP_DIR + os.sep) and not filename.startswith(
+        os.path.join(_LIVESWAP_DIR, "demo") + os.sep
+    )
+
+
+def _server_dirs() -> tuple[str, ...]:
+    """Where the server that calls the app lives (uvicorn only if it is imported: else no frame is its)."""
+    dirs = []
+    for name in ("uvicorn", "asyncio", "a2wsgi", "concurrent"):
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if path:
+            dirs.append(os.path.dirname(os.path.abspath(path)) + os.sep)
+    return tuple(dirs)
+
+
+def app_traceback(exc: BaseException, limit: int = 8) -> str:
+    """The end of ``exc``'s traceback as the app's author wants to read it: the app's frames only.
+
+    Frames of the import system (``<frozen importlib._bootstrap>``) and of liveswap are left out
+    wherever they are, and so are the server's (uvicorn, asyncio) before the first app frame; the
+    last ``limit`` frames are kept, then the exception line. A SyntaxError shows its file, line,
+    source line and caret. For import errors, and for lifespan or startup failures::
+
+        try:
+            await app_startup()
+        except Exception as exc:
+            report(f"{type(exc).__name__}: {exc}", detail=app_traceback(exc))
+    """
+    limit = max(0, limit)
+    te = traceback.TracebackException.from_exception(exc)
+    frames = [f for f in te.stack if not _is_machinery(f.filename)]
+    server = _server_dirs()
+    while frames and frames[0].filename.startswith(server):
+        frames.pop(0)
+    lines: list[str] = []
+    if len(frames) > limit:
+        lines.append(f"  ... {len(frames) - limit} earlier frame(s)\n")
+        frames = frames[len(frames) - limit :]
+    lines += traceback.StackSummary.from_list(frames).format()
+    lines += te.format_exception_only()
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None:
+        how = "caused by" if exc.__cause__ is not None else "raised while handling"
+        lines.append(f"({how} {type(cause).__name__}: {cause})\n")
+    return "".join(lines).rstrip()
 
 
 def detect_interface(app: Any) -> str:
@@ -103,7 +210,9 @@ def load_app(spec: str, *, factory: bool = False, interface: str = "auto", app_d
         try:
             app = app()
         except Exception as exc:
-            raise AppLoadError(f"the app factory {spec} raised {type(exc).__name__}: {exc}", hint=_tail(exc)) from exc
+            raise AppLoadError(
+                f"the app factory {spec} raised {type(exc).__name__}: {exc}", hint=app_traceback(exc)
+            ) from exc
     if interface == "auto":
         interface = detect_interface(app)
     if interface == "wsgi":
