@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import stat
 import struct
 import tempfile
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ControlError, NoInstanceError
 
-__all__ = ["COMMANDS", "ControlServer", "request", "runtime_dir", "socket_path"]
+__all__ = ["COMMANDS", "ControlServer", "Exchange", "exchange", "request", "runtime_dir", "socket_path"]
 
 COMMANDS = ("reload", "stop", "status")
 MAX_REQUEST = 64 * 1024
 _UCRED = struct.Struct("3i")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+log = logging.getLogger("liveswap.control")
 
 
 def runtime_dir(create: bool = True) -> Path:
@@ -118,21 +122,28 @@ class ControlServer:
         try:
             line = await asyncio.wait_for(reader.readline(), timeout=5.0)
         except (ValueError, asyncio.LimitOverrunError):
-            return {"ok": False, "error": f"malformed request: longer than {MAX_REQUEST} bytes"}
+            return _malformed(f"longer than {MAX_REQUEST} bytes")
         except TimeoutError:
-            return {"ok": False, "error": "malformed request: no complete line within 5 s"}
+            return _malformed("no complete line within 5 s")
         try:
             req = json.loads(line)
+        except RecursionError:  # e.g. 60,000 nested brackets: the decoder gives up, and so do we
+            return _malformed("nested too deeply")
         except (ValueError, UnicodeDecodeError):
-            return {
-                "ok": False,
-                "error": "malformed request: not JSON",
-                "hint": 'send one JSON object on one line, e.g. {"cmd": "status"}',
-            }
-        if not isinstance(req, dict) or req.get("cmd") not in COMMANDS:
-            cmd = req.get("cmd") if isinstance(req, dict) else None
-            return {"ok": False, "error": f"unknown command {cmd!r}", "hint": f"commands: {', '.join(COMMANDS)}"}
-        return await self.handler(req)
+            return _malformed("not JSON")
+        if not isinstance(req, dict):
+            return _malformed(f"expected a JSON object, got {_json_type(req)}")
+        cmd = req.get("cmd")
+        if not isinstance(cmd, str) or cmd not in COMMANDS:
+            # Never echo the value itself: it can be long, or nested deep enough to break repr().
+            shown = repr(cmd[:40]) if isinstance(cmd, str) else f"({_json_type(cmd)})"
+            return {"ok": False, "error": f"unknown command {shown}", "hint": f"commands: {', '.join(COMMANDS)}"}
+        try:
+            return await self.handler(req)
+        except Exception:
+            # A bug on our side: log it with its traceback, and still answer the caller.
+            log.exception("internal error answering the control command %r", cmd)
+            return {"ok": False, "error": f"internal error answering {cmd!r}; the instance's log has the traceback"}
 
     async def close(self) -> None:
         if self.server is not None:
@@ -142,6 +153,19 @@ class ControlServer:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _malformed(what: str) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "error": f"malformed request: {what}",
+        "hint": 'send one JSON object on one line, e.g. {"cmd": "status"}',
+    }
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
 
 
 def find_instance(name: str | None) -> Path:
@@ -169,8 +193,22 @@ def _running_hint() -> str:
     return f"running instances: {', '.join(names)}" if names else "start one with `liveswap run APP`"
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """One request's reply, with who answered it."""
+
+    reply: dict[str, Any]
+    path: Path  # the instance's control socket
+    peer_pid: int  # the instance's pid as seen from here (SO_PEERCRED); 0 if it is in another pid namespace
+
+
 def request(cmd: str, name: str | None = None, timeout: float = 120.0, **args: Any) -> dict[str, Any]:
     """Send one command to a running instance and return its reply."""
+    return exchange(cmd, name, timeout, **args).reply
+
+
+def exchange(cmd: str, name: str | None = None, timeout: float = 120.0, **args: Any) -> Exchange:
+    """Like :func:`request`, and also say which process answered (``liveswap stop`` waits for it to exit)."""
     path = find_instance(name)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -182,6 +220,9 @@ def request(cmd: str, name: str | None = None, timeout: float = 120.0, **args: A
                 f"the instance {path.stem!r} is not answering (stale socket {path})",
                 hint="it has exited; start it again with `liveswap run`",
             ) from None
+        # The credentials of the process that listens: the supervisor, with its pid in our namespace.
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        peer_pid = int(_UCRED.unpack(creds)[0])
         sock.sendall((json.dumps({"cmd": cmd, **args}) + "\n").encode())
         data = b""
         while not data.endswith(b"\n"):
@@ -190,10 +231,15 @@ def request(cmd: str, name: str | None = None, timeout: float = 120.0, **args: A
                 break
             data += chunk
     except TimeoutError:
-        raise ControlError(f"no answer from {path.stem!r} within {timeout:.0f} s") from None
+        raise ControlError(f"no answer from {path.stem!r} within {timeout:g} s") from None
     finally:
         sock.close()
     if not data:
         raise ControlError(f"the instance {path.stem!r} closed the connection without answering")
-    reply: dict[str, Any] = json.loads(data)
-    return reply
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise ControlError(f"the instance {path.stem!r} answered something that is not a JSON object: {data[:80]!r}")
+    return Exchange(reply, path, peer_pid)
