@@ -7,6 +7,7 @@ timeout, header size limit, drain behaviour and metrics are the same in both.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 
 from . import notify
 from ._log import setup_logging
-from .config import Settings
+from .config import option
 from .errors import ConfigError
 from .group import Group
 from .sockets import Listener, bind_all, close_all, describe, inherit_listen_fds
@@ -38,12 +39,12 @@ def serve(
     port: int | None = None,
     factory: bool = False,
     interface: str = "auto",
-    header_timeout: float | None = None,
-    keepalive_timeout: float | None = None,
+    header_timeout: float | str | None = None,
+    keepalive_timeout: float | str | None = None,
     max_header_bytes: int | None = None,
     max_connections: int | None = None,
-    shutdown_timeout: float | None = None,
-    idle_grace: float | None = None,
+    shutdown_timeout: float | str | None = None,
+    idle_grace: float | str | None = None,
     debug: str | None = DEFAULT_DEBUG,
     debug_token: str | None = None,
     debug_allow_public: bool = False,
@@ -60,6 +61,10 @@ def serve(
     supervisor in command mode, it takes the inherited sockets (``LISTEN_FDS``) and reports
     ``READY=1`` on ``NOTIFY_SOCKET``.
 
+    Durations (``header_timeout``, ``keepalive_timeout``, ``shutdown_timeout``, ``idle_grace``) take
+    seconds or the CLI's strings (``"500ms"``, ``"5s"``, ``"2m"``); every limit is checked as the CLI
+    checks its option, and a bad value raises ConfigError before anything is bound.
+
     The debug server (stacks, profile, heap, stats, metrics) listens on ``debug``, loopback-only
     unless ``debug_allow_public``; ``debug=None`` turns it off. ``group`` runs background tasks
     whose lifetime is tied to the server's: the first error among them is raised here.
@@ -72,7 +77,18 @@ def serve(
         if __name__ == "__main__":
             liveswap.serve(app, "127.0.0.1:8000")
     """
-    d = Settings.defaults("serve")
+    # Checked as the CLI checks its options, before logging is set up or anything is bound.
+    limits = dict(
+        keepalive_timeout=_checked("keepalive_timeout", keepalive_timeout),
+        header_timeout=_checked("header_timeout", header_timeout),
+        max_header_bytes=_checked("max_header_bytes", max_header_bytes),
+        max_connections=_checked("max_connections", max_connections),
+        idle_grace=_checked("idle_grace", idle_grace),
+    )
+    drain_timeout = _checked("drain_timeout", shutdown_timeout, arg="shutdown_timeout")
+    interface = _checked("interface", interface)
+    if log_level is not None:
+        log_level = _checked("log_level", log_level)
     binds = [bind] if isinstance(bind, str) else list(bind or [])
     if host is not None or port is not None:
         h = host or "127.0.0.1"
@@ -99,23 +115,15 @@ def serve(
         asgi = MetricsMiddleware(asgi, metrics)
     listeners = inherit_listen_fds(os.environ)
     if listeners is None:
-        listeners = bind_all(binds or d.bind)
+        listeners = bind_all(binds or option("bind").default)
     runtime = _Runtime(
         asgi,
         kind,
         listeners,
         metrics,
         group,
-        dict(
-            keepalive_timeout=_pick(keepalive_timeout, d.keepalive_timeout),
-            header_timeout=_pick(header_timeout, d.header_timeout),
-            max_header_bytes=_pick(max_header_bytes, d.max_header_bytes),
-            max_connections=_pick(max_connections, d.max_connections),
-            idle_grace=_pick(idle_grace, d.idle_grace),
-            access_log=access_log,
-            lifespan=lifespan,
-        ),
-        shutdown_timeout=_pick(shutdown_timeout, d.drain_timeout),
+        dict(limits, access_log=access_log, lifespan=lifespan),
+        shutdown_timeout=drain_timeout,
         debug=(debug, debug_token, debug_allow_public),
     )
     try:
@@ -124,8 +132,16 @@ def serve(
         close_all(listeners)
 
 
-def _pick(value: Any, default: Any) -> Any:
-    return default if value is None else value
+def _checked(name: str, value: Any, arg: str = "") -> Any:
+    """``value`` parsed as the CLI parses the option ``name`` (same strings, same bounds); None: its default."""
+    opt = option(name)
+    if value is None:
+        return copy.deepcopy(opt.default)
+    try:
+        return opt.parse(value)
+    except (ValueError, TypeError) as exc:
+        hint = getattr(exc, "hint", None) or f"{arg or name}: {opt.help}"
+        raise ConfigError(f"serve({arg or name}={value!r}): {exc}", hint=hint) from None
 
 
 class _Runtime:
