@@ -247,13 +247,13 @@ def test_cli_errors_have_hints(liveswap, tmp_path) -> None:  # type: ignore[no-u
     assert out.returncode == 1 and "no liveswap instance is running" in out.stderr and "hint:" in out.stderr
     out = subprocess.run([sys.executable, "-m", "liveswap", "run", "nocolon"], env=env, capture_output=True,
                          text=True, cwd=tmp_path, timeout=30)
-    assert out.returncode == 3 and "must be in format" in out.stdout + out.stderr
+    assert out.returncode == 2 and "must be in format" in out.stdout + out.stderr  # a usage error
     out = subprocess.run([sys.executable, "-m", "liveswap", "run", "x:app", "--bind", "localhost"], env=env,
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1 and "no port" in out.stderr and "hint:" in out.stderr
+    assert out.returncode == 2 and "no port" in out.stderr and "hint:" in out.stderr
     out = subprocess.run([sys.executable, "-m", "liveswap", "run", "x:app", "--workers", "0"], env=env,
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1 and "--workers" in out.stderr
+    assert out.returncode == 2 and "--workers" in out.stderr
     assert "Traceback" not in out.stderr
 
 

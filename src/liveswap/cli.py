@@ -5,23 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from . import __version__
-from .config import OPTIONS, Option, load_settings
-from .errors import LiveswapError, ReloadFailed
+from .config import OPTIONS, Option, load_settings, option, parse_duration
+from .errors import AppLoadError, ConfigError, LiveswapError, ReloadFailed
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+EXIT_ERROR = 1  # a runtime failure: cannot bind, no instance, a reload rolled back, a stop that timed out
+EXIT_USAGE = 2  # a bad option value or APP, before anything started (click uses 2 for unknown flags too)
+WAIT_INTERVAL = 0.02  # how often `liveswap stop` looks for the instance's exit when it cannot be told (no pidfd)
 
 
-def _fail(exc: LiveswapError, code: int = EXIT_ERROR) -> None:
+def _fail(exc: LiveswapError, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"liveswap: error: {exc}", err=True)
     if exc.hint:
         lines = exc.hint.splitlines()
@@ -29,6 +31,12 @@ def _fail(exc: LiveswapError, code: int = EXIT_ERROR) -> None:
         for line in lines[1:]:
             click.echo(f"           {line}", err=True)
     sys.exit(code)
+
+
+def _warn(message: str, hint: str | None) -> None:
+    click.echo(f"liveswap: warning: {message}", err=True)
+    if hint:
+        click.echo(f"     hint: {hint}", err=True)
 
 
 def _add_options(command: str) -> Callable[[Any], Any]:
@@ -67,10 +75,17 @@ def run(app: str, **options: Any) -> None:
     from ._log import setup_logging
     from .sockets import bind_all, inherit_listen_fds
     from .supervisor import Supervisor
+    from .worker.app import check_app
 
     try:
         settings = load_settings(app, options)
         settings.app_dir = str(Path(settings.app_dir).resolve())
+        # Before any socket is bound: a typo in APP is a usage error, not a boot failure. The
+        # supervisor never imports the app; this only looks for its top-level module.
+        check_app(settings.app, settings.app_dir)
+    except (ConfigError, AppLoadError) as exc:
+        _fail(exc, EXIT_USAGE)
+    try:
         setup_logging(settings.log_level, role="supervisor")
         listeners = inherit_listen_fds(os.environ)
         if listeners is None:
@@ -84,8 +99,31 @@ def run(app: str, **options: Any) -> None:
     sys.exit(code)
 
 
+def _check_name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parsed: str = option("name").parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} ({getattr(exc, 'hint', '')})") from None
+    return parsed
+
+
 def _name_option(fn: Any) -> Any:
-    return click.option("--name", default=None, help="Instance name (default: the only running instance).")(fn)
+    return click.option(
+        "--name", default=None, callback=_check_name, help="Instance name (default: the only running instance)."
+    )(fn)
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: Any) -> float:
+    """A duration as the options take it (500ms, 30s, 2m or seconds), more than 0."""
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r} must be more than 0")
+    return seconds
 
 
 def _request(cmd: str, name: str | None, timeout: float = 120.0) -> dict[str, Any]:
@@ -102,14 +140,18 @@ def _request(cmd: str, name: str | None, timeout: float = 120.0) -> dict[str, An
 
 @cli.command()
 @_name_option
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the outcome.")
+@click.option(
+    "--timeout", default="120s", callback=_duration, show_default=True, help="How long to wait for the outcome."
+)
 def reload(name: str | None, timeout: float) -> None:
     """Reload a running instance; exits 0 when the new code is live, 1 when it was rolled back."""
     reply = _request("reload", name, timeout)
     if reply.get("ok"):
         click.echo(f"reload ok: generation {reply['generation']} live in {reply['duration_ms']} ms")
+        if reply.get("warning"):
+            _warn(str(reply["warning"]), reply.get("warning_hint"))
         return
-    if "generation" not in reply:
+    if "generation" not in reply or reply.get("stopping"):
         _fail(LiveswapError(str(reply.get("error")), hint=reply.get("hint")))
     click.echo(
         f"reload failed after {reply.get('duration_ms')} ms; rolled back, the previous generation keeps serving",
@@ -124,10 +166,94 @@ def reload(name: str | None, timeout: float) -> None:
 
 @cli.command()
 @_name_option
-def stop(name: str | None) -> None:
-    """Stop a running instance gracefully (it drains, then exits)."""
-    reply = _request("stop", name, 10.0)
-    click.echo(f"stopping liveswap pid {reply['pid']}")
+@click.option(
+    "--timeout",
+    default="120s",
+    callback=_duration,
+    show_default=True,
+    help="How long to wait for the instance to exit.",
+)
+@click.option("--no-wait", is_flag=True, help="Return once the stop is accepted, without waiting for the drain.")
+def stop(name: str | None, timeout: float, no_wait: bool) -> None:
+    """Stop a running instance gracefully: it drains, then exits. Returns once it has exited."""
+    from .control import exchange
+
+    t0 = time.monotonic()
+    try:
+        answer = exchange("stop", name, timeout=min(timeout, 10.0))
+    except LiveswapError as exc:
+        _fail(exc)
+    reply = answer.reply
+    if not reply.get("ok"):
+        _fail(LiveswapError(str(reply.get("error")), hint=reply.get("hint")))
+    pid = answer.peer_pid or int(reply.get("pid", 0))
+    if no_wait:
+        click.echo(f"stopping liveswap pid {pid}")
+        return
+    click.echo(f"stopping liveswap pid {pid}: waiting for it to drain and exit")
+    if not _wait_exit(answer.peer_pid, answer.path, t0 + timeout):
+        _fail(
+            LiveswapError(
+                f"liveswap pid {pid} has not exited {timeout:g} s after the stop request",
+                hint=f"it is still draining (in-flight requests get --drain-timeout); wait longer with --timeout, "
+                f"watch it with `liveswap status --name {answer.path.stem}`, or stop it at once (cutting requests) "
+                f"with `kill -INT {pid}`",
+            )
+        )
+    click.echo(f"stopped liveswap pid {pid} in {time.monotonic() - t0:.2f} s")
+
+
+def _wait_exit(pid: int, control: Path, deadline: float) -> bool:
+    """Wait until process ``pid`` has exited (it is not our child: no waitpid); False at the deadline.
+
+    A pidfd says exactly when, whoever the parent is, and cannot be fooled by a reused pid. Without
+    one (old kernel, seccomp), poll /proc. With no pid (the instance lives in another pid namespace),
+    wait for its control socket to go: it is removed once every worker has exited.
+    """
+    if pid <= 0:
+        while control.exists():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(WAIT_INTERVAL)
+        return True
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        while _alive(pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(WAIT_INTERVAL)
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)  # readable once the process has exited (a zombie counts)
+        while True:
+            left = deadline - time.monotonic()
+            if poller.poll(max(0, int(left * 1000) + 1)):
+                return True
+            if left <= 0:
+                return False
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, its parent has not reaped it yet) does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 @cli.command()
