@@ -39,12 +39,16 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # serve and Group import uvicorn: load them on first use, so that the supervisor and the
     # control commands (liveswap reload/status/stop) stay small and start fast.
+    # Importing the submodule liveswap.serve sets this package's attribute "serve" to the module;
+    # the function is put back in its place, so that every later ``liveswap.serve`` is the function.
     if name == "serve":
         from .serve import serve
 
+        globals()["serve"] = serve
         return serve
     if name == "Group":
         from .group import Group
 
+        globals()["Group"] = Group
         return Group
     raise AttributeError(f"module 'liveswap' has no attribute {name!r}")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .sockets import SD_LISTEN_FDS_START, Listener
+from .sockets import SD_LISTEN_FDS_START
 
 __all__ = ["Spawner", "TemplateGone"]
 
@@ -28,10 +28,7 @@ class TemplateGone(Exception):
 class Spawner:
     """Owns the template process and turns spawn requests into worker pids."""
 
-    def __init__(
-        self, listeners: Sequence[Listener], preload: Sequence[str], env: dict[str, str], spares: int = 0
-    ) -> None:
-        self.listeners = list(listeners)
+    def __init__(self, preload: Sequence[str], env: dict[str, str], spares: int = 0) -> None:
         self.spares = spares
         self.preload = list(preload)
         self.env = env
@@ -44,18 +41,18 @@ class Spawner:
         self.info: dict[str, Any] = {}
 
     def start(self) -> None:
-        """Spawn a fresh template with the listening sockets at fds 3, 4, ... (as LISTEN_FDS wants)."""
+        """Spawn a fresh template; its channel is fd 3. It holds no listening socket: they are sent
+        with each spawn request."""
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # Dup everything above the target range first so that no dup2 overwrites a source.
-        sources = [fcntl.fcntl(x.sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 100) for x in self.listeners]
-        sources.append(fcntl.fcntl(child.fileno(), fcntl.F_DUPFD_CLOEXEC, 100))
-        actions = [(os.POSIX_SPAWN_DUP2, fd, SD_LISTEN_FDS_START + i) for i, fd in enumerate(sources)]
+        # Dup above the target first so that the dup2 cannot overwrite its own source.
+        sources = [fcntl.fcntl(child.fileno(), fcntl.F_DUPFD_CLOEXEC, 100)]
+        actions = [(os.POSIX_SPAWN_DUP2, sources[0], SD_LISTEN_FDS_START)]
         env = dict(self.env)
         env.update(
             {
                 "LIVESWAP_SUPERVISOR_PID": str(os.getpid()),
-                "LIVESWAP_TEMPLATE_FD": str(SD_LISTEN_FDS_START + len(self.listeners)),
+                "LIVESWAP_TEMPLATE_FD": str(SD_LISTEN_FDS_START),
                 "LIVESWAP_PRELOAD": json.dumps(self.preload),
                 "LIVESWAP_SPARES": str(self.spares),
             }
@@ -134,7 +131,7 @@ class Spawner:
         await asyncio.wait_for(asyncio.shield(self.ready), timeout)
 
     async def spawn(self, env: dict[str, str], fds: Sequence[int], timeout: float) -> int:
-        """Fork a worker with ``env`` and the two ``fds``; returns its pid."""
+        """Fork a worker with ``env`` and ``fds`` (control, health, listeners...); returns its pid."""
         for attempt in range(3):
             await self._ensure(timeout)
             assert self.chan is not None

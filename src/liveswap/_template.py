@@ -11,7 +11,11 @@ If a file of anything it preloaded has changed since (a deploy upgraded a librar
 
 Protocol on the SOCK_SEQPACKET pair (one JSON object per message):
   template -> supervisor  {"op": "ready", "import_ms": ...}
-  supervisor -> template  {"op": "spawn", "id": N, "env": {...}} with SCM_RIGHTS [control_fd, health_fd]
+  supervisor -> template  {"op": "spawn", "id": N, "env": {...}}
+                          with SCM_RIGHTS [control_fd, health_fd, listener_fd, ...]
+
+The listening sockets travel with each spawn request: neither the template nor a spare holds one,
+so when the service stops, the workers are the last holders and answer what is queued.
   template -> supervisor  {"op": "spawned", "id": N, "pid": P} (sent by the intermediate process)
                           | {"op": "stale", "id": N} | {"op": "error", "id": N, "error": "..."}
 """
@@ -31,6 +35,7 @@ import sys
 import time
 from typing import Any
 
+MAX_FDS = 2 + 64  # control, health and up to 64 listening sockets per spawn request
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -88,7 +93,7 @@ def _stale(files: dict[str, tuple[int, int]]) -> bool:
 
 def _recv(chan: socket.socket) -> tuple[dict[str, Any], list[int]]:
     fds = array.array("i")
-    msg, ancdata, _flags, _addr = chan.recvmsg(65536, socket.CMSG_SPACE(16 * fds.itemsize))
+    msg, ancdata, _flags, _addr = chan.recvmsg(65536, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
     if not msg:
         raise EOFError
     for level, kind, data in ancdata:
@@ -97,7 +102,7 @@ def _recv(chan: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return json.loads(msg), list(fds)
 
 
-def _spawn(chan: socket.socket, supervisor: int, request: dict[str, Any], fds: list[int]) -> None:
+def _spawn(chan: socket.socket, supervisor: int, request: dict[str, Any], fds: list[int], spares: list[_Spare]) -> None:
     """Double-fork a worker. The intermediate process reports the worker's pid to the supervisor
     itself, so the template can fork the next worker of the generation right away."""
     middle = os.fork()
@@ -105,6 +110,8 @@ def _spawn(chan: socket.socket, supervisor: int, request: dict[str, Any], fds: l
         try:
             pid = os.fork()
             if pid == 0:
+                for spare in spares:
+                    spare.sock.close()
                 _become_worker(chan, supervisor, request, fds)
             chan.send(json.dumps({"op": "spawned", "id": request.get("id"), "pid": pid}).encode())
         except OSError as exc:
@@ -137,9 +144,9 @@ def _become_worker(chan: socket.socket | None, supervisor: int, request: dict[st
         os.environ["LIVESWAP_SUPERVISOR_PID"] = str(supervisor)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        control_fd, health_fd = fds
+        control_fd, health_fd, *listen_fds = fds
         os.environ.update(request["env"])
-        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ["LIVESWAP_LISTEN_FDS"] = ",".join(map(str, listen_fds))
         os.environ["LIVESWAP_CONTROL_FD"] = str(control_fd)
         os.environ["LIVESWAP_HEALTH_FD"] = str(health_fd)
         from liveswap.worker.supervised import main
@@ -169,7 +176,7 @@ class _Spare:
         self.sock = sock
 
 
-def _fork_spare(chan: socket.socket, supervisor: int) -> _Spare:
+def _fork_spare(chan: socket.socket, supervisor: int, others: list[_Spare]) -> _Spare:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     middle = os.fork()
     if middle == 0:
@@ -178,6 +185,8 @@ def _fork_spare(chan: socket.socket, supervisor: int) -> _Spare:
             if pid == 0:
                 ours.close()
                 chan.close()
+                for other in others:  # else a spare would keep the others from seeing the template go
+                    other.sock.close()
                 _spare_main(theirs, supervisor)
             theirs.send(str(pid).encode())
         finally:
@@ -253,7 +262,7 @@ def main() -> None:
         # a generation are asked for within milliseconds of the first, and come first.
         while len(spares) < want and not _pending(chan, QUIET):
             try:
-                spares.append(_fork_spare(chan, supervisor))
+                spares.append(_fork_spare(chan, supervisor, spares))
             except OSError:
                 break
         try:
@@ -275,7 +284,7 @@ def main() -> None:
                 _dispatch(spare, request, fds)
                 chan.send(json.dumps({"op": "spawned", "id": rid, "pid": spare.pid}).encode())
             else:
-                _spawn(chan, supervisor, request, fds)
+                _spawn(chan, supervisor, request, fds, spares)
         except OSError as exc:
             chan.send(json.dumps({"op": "error", "id": rid, "error": str(exc)}).encode())
         _reap()

@@ -82,6 +82,7 @@ class ControlServer:
         self.path = socket_path(name)
         self.handler = handler
         self.server: asyncio.AbstractServer | None = None
+        self._serving: set[asyncio.Task[Any]] = set()  # requests being answered
 
     async def start(self) -> None:
         if self.path.exists():
@@ -105,6 +106,9 @@ class ControlServer:
         os.chmod(self.path, 0o600)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._serving.add(task)
         try:
             sock = writer.get_extra_info("socket")
             if _peer_uid(sock) != os.getuid():
@@ -117,6 +121,8 @@ class ControlServer:
             pass
         finally:
             writer.close()
+            if task is not None:
+                self._serving.discard(task)
 
     async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         try:
@@ -145,10 +151,13 @@ class ControlServer:
             log.exception("internal error answering the control command %r", cmd)
             return {"ok": False, "error": f"internal error answering {cmd!r}; the instance's log has the traceback"}
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 2.0) -> None:
+        """Stop listening; requests being answered (a reload's outcome at a stop) get ``timeout`` to finish."""
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self._serving:
+            await asyncio.wait(list(self._serving), timeout=timeout)
         try:
             self.path.unlink()
         except FileNotFoundError:

@@ -23,7 +23,7 @@ __all__ = ["BootFailed", "GenState", "Generation", "Worker", "WorkerState", "bea
 def beat_interval(worker_timeout: float) -> float:
     """How often a worker proves that its event loop turns: often enough that a late beat or two
     never looks like a hang, and ``status`` stays fresh."""
-    return min(1.0, worker_timeout / 4)
+    return min(0.5, worker_timeout / 8)
 
 
 class GenState(enum.Enum):

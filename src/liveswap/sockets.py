@@ -19,6 +19,7 @@ from .errors import BindError
 __all__ = [
     "SD_LISTEN_FDS_START",
     "Listener",
+    "adopt_fds",
     "bind_all",
     "describe",
     "inherit_listen_fds",
@@ -207,6 +208,15 @@ def inherit_listen_fds(environ: Mapping[str, str], *, unset: bool = True) -> lis
     if unset:
         for var in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
             os.environ.pop(var, None)
+    return listeners
+
+
+def adopt_fds(fds: Sequence[int], names: Sequence[str]) -> list[Listener]:
+    """Listening sockets received as open fds (a liveswap worker gets them with its spawn request)."""
+    listeners = []
+    for i, fd in enumerate(fds):
+        os.set_inheritable(fd, False)
+        listeners.append(Listener(socket.socket(fileno=fd), names[i] if i < len(names) else f"fd{fd}"))
     return listeners
 
 

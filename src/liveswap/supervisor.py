@@ -23,7 +23,7 @@ from .config import Settings
 from .control import ControlServer
 from .generation import BootFailed, Generation, GenState, Worker, WorkerState, beat_interval
 from .notify import Notifier, NotifyReceiver
-from .sockets import Listener, close_all, describe, listen_env
+from .sockets import Listener, close_all, describe
 
 if TYPE_CHECKING:
     from .debug.supervisor_proxy import DebugHub
@@ -64,6 +64,16 @@ def health_host(listeners: list[Listener]) -> str:
     return "localhost"
 
 
+def _stopped_by_signal(pid: int) -> bool:
+    """True if ``pid`` is in the stopped state (SIGSTOP, SIGTSTP), as /proc/PID/stat says."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"T"
+
+
 class Supervisor:
     def __init__(self, settings: Settings, listeners: list[Listener]) -> None:
         self.settings = settings
@@ -86,13 +96,14 @@ class Supervisor:
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
         # One spare per worker: a whole generation starts without a fork on the critical path.
-        self.spawner = Spawner(listeners, settings.preload, env, spares=settings.workers)
+        self.spawner = Spawner(settings.preload, env, spares=settings.workers)
         self.notify_rx = NotifyReceiver(self.name)
         self.control = ControlServer(self.name, self._control)
         self._stopped: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.debug: DebugHub | None = None  # --debug-bind: the one debug port for all workers
         self.health_host = settings.health_host or health_host(listeners)
+        self.listening = [describe(x.sock) for x in listeners]  # the sockets are closed first at a stop
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
@@ -150,7 +161,7 @@ class Supervisor:
                     log.error("%s", outcome["detail"])
                 await self._stop(graceful=False)
                 return EXIT_BOOT_ERROR
-            where = ", ".join(describe(x.sock) for x in self.listeners)
+            where = ", ".join(self.listening)
             log.info(
                 "serving %s on %s: %d worker(s), generation %d, ready in %.1f ms (control: liveswap reload --name %s)",
                 self.settings.app,
@@ -163,6 +174,10 @@ class Supervisor:
             self.systemd.send(READY=1, STATUS=f"serving {self.settings.app}", MAINPID=os.getpid())
             return await self._stopped
         finally:
+            # A reload caught by the stop finishes now (its workers are gone), so that its caller is
+            # told "stopping" before the control socket closes.
+            if self.reload_task is not None:
+                await asyncio.wait([self.reload_task], timeout=ACK_TIMEOUT)
             dispatcher.cancel()
             for task in list(self._tasks):
                 task.cancel()
@@ -282,13 +297,12 @@ class Supervisor:
             "LIVESWAP_SETTINGS": json.dumps(self.settings.to_json()),
             "LIVESWAP_GENERATION": str(gen.number),
             "NOTIFY_SOCKET": self.notify_rx.name,
-            **listen_env(self.listeners, 0),
+            "LIVESWAP_LISTEN_NAMES": json.dumps([x.name for x in self.listeners]),
         }
+        fds = [control_child.fileno(), health_child.fileno(), *(x.sock.fileno() for x in self.listeners)]
         try:
             try:
-                worker.pid = await self.spawner.spawn(
-                    env, [control_child.fileno(), health_child.fileno()], self.settings.boot_timeout
-                )
+                worker.pid = await self.spawner.spawn(env, fds, self.settings.boot_timeout)
             finally:
                 control_child.close()
                 health_child.close()
@@ -466,10 +480,10 @@ class Supervisor:
                 self._drain_generation(old)
                 await self._stopped_accepting(old)
             outcome.update(ok=True)
-            warning = self._health_warning(gen)
+            warning, hint = self._health_warning(gen)
             if warning:
-                outcome["warning"] = warning
-                log.warning("%s", warning)
+                outcome.update(warning=warning, warning_hint=hint)
+                log.warning("%s; hint: %s", warning, hint)
         outcome["duration_ms"] = round((time.monotonic() - t0) * 1000, 1)
         if old is not None or not outcome["ok"]:
             self.last_reload = outcome
@@ -497,15 +511,17 @@ class Supervisor:
         self._forget_finished()
         return outcome
 
-    def _health_warning(self, gen: Generation) -> str:
+    def _health_warning(self, gen: Generation) -> tuple[str, str]:
+        """A warning and its hint when the health check answered 4xx: it then proves little."""
         statuses = sorted({w.health_status for w in gen.workers if 400 <= w.health_status < 500})
         if not statuses:
-            return ""
+            return "", ""
         return (
             f"generation {gen.number} went live, but its health check GET {self.settings.health_path} "
-            f"(Host: {self.health_host}) answered {', '.join(map(str, statuses))}: a 4xx proves little, a broken "
-            "release may pass it. hint: point --health-path at a route that answers 200; Django answers 400 to a "
-            "Host not in ALLOWED_HOSTS: add it there or pass --health-host"
+            f"(Host: {self.health_host}) answered {', '.join(map(str, statuses))}: a 4xx proves little (a broken "
+            "release may pass it)",
+            "point --health-path at a route that answers 200; Django answers 400 to a Host that is not in "
+            "ALLOWED_HOSTS: add it there, or pass --health-host",
         )
 
     def _drain_generation(self, gen: Generation) -> None:
@@ -546,13 +562,15 @@ class Supervisor:
             return 0.0
         return time.monotonic() - worker.last_beat
 
-    def _drain_worker(self, worker: Worker) -> None:
+    def _drain_worker(self, worker: Worker, final: bool = False) -> None:
+        """Tell ``worker`` to stop accepting and finish what it has. ``final``: the service stops, and
+        it first accepts what waits in the listeners' queues (it is among their last holders)."""
         if worker.state in (WorkerState.DEAD, WorkerState.DRAINING):
             return
         worker.state = WorkerState.DRAINING
         worker.expected_exit = True
         worker.live_at = time.monotonic()
-        worker.send(cmd="drain")
+        worker.send(cmd="drain", final=final)
         worker.hammer = asyncio.get_running_loop().call_later(self.settings.drain_timeout, self._hammer, worker)
 
     def _hammer(self, worker: Worker) -> None:
@@ -606,7 +624,16 @@ class Supervisor:
                     replaced = True
                 else:
                     self._drain_worker(worker)
-        await self._kill_with_stacks(hung)
+        if _stopped_by_signal(hung.pid):
+            # SIGSTOP (a person, a freezer): nothing is stuck, so resume it and let it drain; its
+            # in-flight requests complete instead of dying with it.
+            log.warning("%s was stopped by a signal; resuming it (SIGCONT) to drain", hung.describe())
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hung.pid, signal.SIGCONT)
+            hung.state = WorkerState.LIVE
+            self._drain_worker(hung)
+        else:
+            await self._kill_with_stacks(hung)
         if not replaced and gen is self.live and not self.stopping:
             self._schedule_restart(gen, hung)
 
@@ -678,16 +705,20 @@ class Supervisor:
     async def _stop(self, graceful: bool) -> None:
         self.stopping = True
         self.systemd.send(STOPPING=1)
+        self.spawner.close()
+        # Our copies of the listeners go first: the live workers are then their last holders, and
+        # each accepts what is queued before it closes its own, so no queued connection is reset.
+        for listener in self.listeners:
+            listener.sock.close()
         for gen in list(self.generations):
             for timer in gen.restart_pending.values():
                 timer.cancel()
             gen.restart_pending.clear()
             for w in gen.alive():
                 if graceful and w.state in (WorkerState.LIVE, WorkerState.DRAINING):
-                    self._drain_worker(w)
+                    self._drain_worker(w, final=True)
                 else:
                     self._kill(w)
-        self.spawner.close()
         waits = [w.exited for g in self.generations for w in g.workers if not w.exited.done()]
         if waits:
             # Draining workers are hammered at the drain timeout; this deadline only guards against
@@ -745,7 +776,7 @@ class Supervisor:
             "app": self.settings.app,
             "state": state,
             "uptime": round(time.time() - self.started_at, 3),
-            "listening": [describe(x.sock) for x in self.listeners],
+            "listening": self.listening,
             "workers": self.settings.workers,
             "generations": [g.status(now) for g in self.generations],
             "last_reload": self.last_reload,

@@ -26,8 +26,12 @@ if BEHAVIOUR == "slow-import":
 
 
 def _headers(extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
-    return [(b"content-type", b"text/plain"), (b"x-app-version", VERSION.encode()),
-            (b"x-worker-pid", str(os.getpid()).encode()), *(extra or [])]
+    return [
+        (b"content-type", b"text/plain"),
+        (b"x-app-version", VERSION.encode()),
+        (b"x-worker-pid", str(os.getpid()).encode()),
+        *(extra or []),
+    ]
 
 
 def _connect_db() -> None:
@@ -72,6 +76,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         print(f"blocking the event loop in pid {os.getpid()}", flush=True)
         time.sleep(3600)
         status, body = 200, b"unreachable\n"
+    elif path == "/sleep-sync":  # blocks the event loop for a while: nothing else is accepted meanwhile
+        print(f"blocking the event loop in pid {os.getpid()}", flush=True)
+        time.sleep(float(scope["query_string"].decode().partition("=")[2] or 1))
+        status, body = 200, f"slept {VERSION}\n".encode()
     elif path == "/slow":
         seconds = float(dict(p.split("=") for p in scope["query_string"].decode().split("&") if "=" in p).get("s", 1))
         print(f"slow request started in pid {os.getpid()}", flush=True)

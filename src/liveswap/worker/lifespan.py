@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import traceback
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Lifespan", "StartupFailed", "app_traceback", "app_traceback_text"]
+from .app import app_traceback
+
+__all__ = ["Lifespan", "StartupFailed", "app_traceback_text"]
 
 log = logging.getLogger("liveswap.worker")
 
@@ -48,17 +48,6 @@ def app_traceback_text(text: str, limit: int = 12) -> str:
         skip = False
         kept.append(line)
     return "\n".join(kept[-limit:])
-
-
-_NOT_THE_APP = (os.path.dirname(os.path.dirname(__file__)) + os.sep, os.sep + "uvicorn" + os.sep, "<frozen ")
-
-
-def app_traceback(exc: BaseException, limit: int = 8) -> str:
-    """The exception with the app's frames only: none of liveswap's, uvicorn's or the import machinery's."""
-    te = traceback.TracebackException.from_exception(exc)
-    frames = [f for f in te.stack if not any(part in f.filename for part in _NOT_THE_APP)]
-    te.stack = traceback.StackSummary.from_list(frames[-limit:])
-    return "".join(te.format()).rstrip()
 
 
 def _last_line(text: str) -> str:

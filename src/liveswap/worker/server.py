@@ -66,6 +66,7 @@ class WorkerServer:
         self.state = ServerState()
         self.lifespan = Lifespan(self.config.loaded_app, lifespan)
         self.servers: list[asyncio.AbstractServer] = []
+        self._adopting: set[asyncio.Task[Any]] = set()  # queued connections accepted at a final stop
         self._ticker: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
 
@@ -118,19 +119,39 @@ class WorkerServer:
 
     @property
     def busy(self) -> bool:
-        return bool(self.state.connections or self.state.tasks)
+        return bool(self.state.connections or self.state.tasks or self._adopting)
 
-    def stop_accepting(self) -> None:
-        """Close our listeners and start draining every connection (idempotent)."""
+    def stop_accepting(self, final: bool = False) -> None:
+        """Close our listeners and start draining every connection (idempotent).
+
+        ``final``: the service is stopping and this process may be the last holder of the listening
+        sockets; connections still queued in the kernel would be reset when it closes them, so they
+        are accepted first and answered like any other connection of a draining server.
+        """
         if self.limits.draining:
             return
         self.limits.draining = True
+        if final:
+            self._accept_queued()
         # close() closes only this process's copy of each listening socket: the supervisor and the
         # other generation still hold theirs, so queued connections are not lost.
         for server in self.servers:
             server.close()
         for conn in list(self.state.connections):
             conn.shutdown()  # ours drain gently; uvicorn's WebSocket protocols close with 1012
+
+    def _accept_queued(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self.sockets:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:  # BlockingIOError: the queue is empty
+                    break
+                conn.setblocking(False)
+                task = loop.create_task(loop.connect_accepted_socket(self._protocol, conn))
+                self._adopting.add(task)
+                task.add_done_callback(self._adopting.discard)
 
     async def drain(self, timeout: float) -> bool:
         """Stop accepting, let in-flight requests finish; True if everything finished within ``timeout``."""

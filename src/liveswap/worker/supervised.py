@@ -19,7 +19,6 @@ import signal
 import socket
 import sys
 import time
-import traceback
 from typing import Any
 
 from .. import notify
@@ -27,8 +26,8 @@ from .._log import setup_logging
 from ..config import Settings
 from ..errors import AppLoadError
 from ..generation import beat_interval
-from ..sockets import inherit_listen_fds
-from .app import load_app
+from ..sockets import adopt_fds
+from .app import app_traceback, load_app
 from .server import StartupFailed, WorkerServer, new_event_loop
 
 __all__ = ["EXIT_BOOT_ERROR", "main"]
@@ -60,7 +59,10 @@ def main() -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     control = socket.socket(fileno=int(env.pop("LIVESWAP_CONTROL_FD")))
     health = socket.socket(fileno=int(env.pop("LIVESWAP_HEALTH_FD")))
-    listeners = inherit_listen_fds(env) or []
+    listeners = adopt_fds(
+        [int(fd) for fd in env.pop("LIVESWAP_LISTEN_FDS", "").split(",") if fd],
+        json.loads(env.pop("LIVESWAP_LISTEN_NAMES", "[]")),
+    )
     try:
         app, kind = load_app(
             settings.app, factory=settings.factory, interface=settings.interface, app_dir=settings.app_dir
@@ -72,7 +74,7 @@ def main() -> int:
         _send(control, event="boot_error", error=str(exc), detail=exc.hint or "")
         return EXIT_BOOT_ERROR
     except BaseException as exc:  # noqa: BLE001 - anything the app's import raises is a boot error
-        detail = "".join(traceback.format_exception(exc)[-6:]).rstrip()
+        detail = app_traceback(exc)
         log.error("cannot load %s:\n%s", settings.app, detail)
         _send(control, event="boot_error", error=f"{type(exc).__name__}: {exc}", detail=detail)
         return EXIT_BOOT_ERROR
@@ -151,7 +153,12 @@ async def _serve(
     control.setblocking(False)
     reader, writer = await asyncio.open_connection(sock=control)
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def terminate() -> None:  # SIGTERM (systemd's KillMode=control-group, say): the service stops
+        server.stop_accepting(final=True)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
     supervisor = os.environ.pop("LIVESWAP_SUPERVISOR_PID", "")
     if supervisor:  # forked by the template: make sure we die with the supervisor before we serve
         from .._template import adopted_by
@@ -171,7 +178,8 @@ async def _serve(
                 stop.set()
                 return
             try:
-                cmd = json.loads(line).get("cmd")
+                msg = json.loads(line)
+                cmd = msg.get("cmd")
             except (ValueError, AttributeError):
                 continue
             if cmd == "go":
@@ -181,7 +189,7 @@ async def _serve(
             elif cmd == "drain":
                 # Acknowledge only once our listeners are closed: the supervisor reports a reload
                 # done when no old worker can accept a new connection any more.
-                server.stop_accepting()
+                server.stop_accepting(final=bool(msg.get("final")))
                 writer.write(b'{"event": "draining"}\n')
                 await writer.drain()
                 stop.set()
