@@ -236,6 +236,7 @@ class _Runtime:
             if self.signals and self.group is None:
                 stop.set()
             await stop.wait()
+            server.stop_accepting(final=True)  # we hold the only copy: answer what is queued first
             clean = await server.drain(self.shutdown_timeout)
             await server.shutdown()
             log.info("stopped%s", "" if clean else " (requests cut at the shutdown timeout)")
