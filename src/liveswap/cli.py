@@ -278,7 +278,8 @@ def format_status(s: dict[str, Any]) -> str:
         f"liveswap {s['name']}  pid {s['pid']}  app {s['app']}  up {s['uptime']:.0f} s",
         f"state: {s['state']}",
         f"listening: {', '.join(s['listening'])}",
-        f"reloads: {s['reloads_ok']} ok, {s['reloads_failed']} failed; worker restarts: {s['restarts']}",
+        f"reloads: {s['reloads_ok']} ok, {s['reloads_failed']} failed; worker restarts: {s['restarts']} "
+        f"({s.get('hung', 0)} of them hung)",
         "",
         f"{'GEN':>4}  {'STATE':<9} {'PID':>8}  {'SLOT':>4}  {'WORKER':<9} {'UPTIME':>9}  {'RESTARTS':>8}",
     ]
