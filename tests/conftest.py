@@ -12,9 +12,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -37,8 +37,13 @@ class Instance:
         self.write_state(version)
         self.runtime = Path(tempfile.mkdtemp(prefix="lsrun-"))
         os.chmod(self.runtime, 0o700)
-        self.env = dict(os.environ, XDG_RUNTIME_DIR=str(self.runtime), LIVESWAP_TEST_STATE=str(self.state_file),
-                        PYTHONUNBUFFERED="1", **(env or {}))
+        self.env = dict(
+            os.environ,
+            XDG_RUNTIME_DIR=str(self.runtime),
+            LIVESWAP_TEST_STATE=str(self.state_file),
+            PYTHONUNBUFFERED="1",
+            **(env or {}),
+        )
         self.env.pop("LISTEN_FDS", None)
         self.lines: list[str] = []
         self.cond = threading.Condition()
@@ -52,12 +57,29 @@ class Instance:
         os.replace(tmp, self.state_file)
 
     def start(self, wait: bool = True, timeout: float = 30.0, pass_fds: tuple[int, ...] = ()) -> Instance:
-        cmd = [sys.executable, "-m", "liveswap", "run", self.app, "--app-dir", str(APPS), "--name", self.name,
-               *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "liveswap",
+            "run",
+            self.app,
+            "--app-dir",
+            str(APPS),
+            "--name",
+            self.name,
+            *self.args,
+        ]
         if not any(a.startswith("--bind") for a in self.args):
             cmd += ["--bind", "127.0.0.1:0"]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True, pass_fds=pass_fds)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            pass_fds=pass_fds,
+        )
         self.pump = threading.Thread(target=self._pump, daemon=True)
         self.pump.start()
         if wait:
@@ -111,8 +133,9 @@ class Instance:
         return f"http://{self.host}:{self.port}"
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "liveswap", *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "liveswap", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def reload(self) -> subprocess.CompletedProcess[str]:
         return self.cli("reload", "--name", self.name)
@@ -150,13 +173,33 @@ class Instance:
         return self.proc.wait(timeout)
 
 
+class MakeInstance(Protocol):
+    """The ``liveswap`` fixture: starts a ``liveswap run`` instance (cleaned up after the test)."""
+
+    def __call__(
+        self,
+        app: str = ...,
+        args: list[str] | None = None,
+        version: str = ...,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        pass_fds: tuple[int, ...] = (),
+    ) -> Instance: ...
+
+
 @pytest.fixture
-def liveswap(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+def liveswap(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MakeInstance]:
     """``liveswap(app="versioned:app", args=[...], version="1")`` starts an instance; all are cleaned up."""
     started: list[Instance] = []
 
-    def make(app: str = "versioned:app", args: list[str] | None = None, version: str = "1",
-             env: dict[str, str] | None = None, wait: bool = True, pass_fds: tuple[int, ...] = ()) -> Instance:
+    def make(
+        app: str = "versioned:app",
+        args: list[str] | None = None,
+        version: str = "1",
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        pass_fds: tuple[int, ...] = (),
+    ) -> Instance:
         inst = Instance(tmp_path, app, list(args or []), version, env)
         started.append(inst)
         return inst.start(wait=wait, pass_fds=pass_fds)
@@ -170,7 +213,9 @@ def liveswap(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     rep = yield
     setattr(item, "rep_" + rep.when, rep)
     return rep
@@ -184,7 +229,7 @@ def pid_gone(pid: int) -> bool:
         return True
 
 
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> None:
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> None:
     """Poll ``predicate`` until true; fail with ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
     while not predicate():

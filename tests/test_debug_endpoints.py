@@ -105,8 +105,9 @@ class Running:
 
 def start_server(app_loop: AppLoop | None, **options: Any) -> tuple[DebugServer, httpx.Client]:
     metrics = options.pop("metrics", Metrics())
-    server = DebugServer(bind_debug("127.0.0.1:0"), metrics=metrics,
-                         main_loop=app_loop.loop if app_loop else None, **options)
+    server = DebugServer(
+        bind_debug("127.0.0.1:0"), metrics=metrics, main_loop=app_loop.loop if app_loop else None, **options
+    )
     server.start()
     assert server.url is not None
     return server, httpx.Client(base_url=server.url, timeout=DEADLINE)
@@ -115,8 +116,9 @@ def start_server(app_loop: AppLoop | None, **options: Any) -> tuple[DebugServer,
 @pytest.fixture
 def debug(app_loop: AppLoop) -> Iterator[Running]:
     metrics = Metrics()
-    server, client = start_server(app_loop, metrics=metrics,
-                                  extra=lambda: {"generation": 7, "worker": {"state": "live"}})
+    server, client = start_server(
+        app_loop, metrics=metrics, extra=lambda: {"generation": 7, "worker": {"state": "live"}}
+    )
     try:
         yield Running(server, client, metrics)
     finally:
@@ -131,8 +133,9 @@ def test_stacks_show_a_blocked_thread_and_a_waiting_task(
     debug: Running, app_loop: AppLoop, release: threading.Event
 ) -> None:
     entered = threading.Event()
-    blocked = threading.Thread(target=blocked_in_known_function_xyz, args=(entered, release),
-                               name="blocked-thread-xyz", daemon=True)
+    blocked = threading.Thread(
+        target=blocked_in_known_function_xyz, args=(entered, release), name="blocked-thread-xyz", daemon=True
+    )
     blocked.start()
     assert entered.wait(DEADLINE)
     event_holder: list[asyncio.Event] = []
@@ -216,8 +219,7 @@ def test_answers_while_the_app_loop_is_blocked(debug: Running, app_loop: AppLoop
 @pytest.fixture
 def spinner(release: threading.Event) -> Iterator[None]:
     started = threading.Event()
-    thread = threading.Thread(target=spin_known_function_abc, args=(started, release), name="spinner-abc",
-                              daemon=True)
+    thread = threading.Thread(target=spin_known_function_abc, args=(started, release), name="spinner-abc", daemon=True)
     thread.start()
     assert started.wait(DEADLINE)
     yield
@@ -257,8 +259,11 @@ def test_other_endpoints_answer_during_a_profile(debug: Running, spinner: None) 
         assert debug.client.get("/stats").status_code == 200
         response = pending.result(timeout=DEADLINE)
     assert response.status_code == 200
-    spins = [line for line in response.text.splitlines()
-             if line.startswith("spinner-abc;") and f"{__name__}:spin_known_function_abc " in line]
+    spins = [
+        line
+        for line in response.text.splitlines()
+        if line.startswith("spinner-abc;") and f"{__name__}:spin_known_function_abc " in line
+    ]
     assert spins and all(int(line.rsplit(" ", 1)[1]) > 0 for line in spins)
 
 
@@ -337,8 +342,7 @@ def test_metrics_endpoint(debug: Running) -> None:
 def test_index_links_every_endpoint(debug: Running) -> None:
     response = debug.client.get("/")
     assert response.headers["content-type"] == "text/html; charset=utf-8"
-    for path in ("/stacks", "/profile?seconds=10", "/heap?top=25", "/heap/start", "/heap/stop", "/stats",
-                 "/metrics"):
+    for path in ("/stacks", "/profile?seconds=10", "/heap?top=25", "/heap/start", "/heap/stop", "/stats", "/metrics"):
         assert f'href="{path}' in response.text
 
 

@@ -64,8 +64,7 @@ def test_collapsed_stacks_are_root_first_and_show_the_spinning_function(spin_pro
     assert spin_profile.locations[leaf] == (__file__, spin_known_function_abc.__code__.co_firstlineno)
     assert not spin_profile.cancelled and spin_profile.duration >= 0.9
     text = collapsed_text(spin_profile.collapsed)
-    assert any(line.rsplit(" ", 1)[0].endswith(leaf) and int(line.rsplit(" ", 1)[1]) > 0
-               for line in text.splitlines())
+    assert any(line.rsplit(" ", 1)[0].endswith(leaf) and int(line.rsplit(" ", 1)[1]) > 0 for line in text.splitlines())
 
 
 def test_the_sampling_thread_is_left_out(spin_profile: Profile) -> None:
@@ -93,8 +92,13 @@ def test_svg_flame_graph_shows_the_function_with_a_tooltip(spin_profile: Profile
 
 
 def test_speedscope_document(spin_profile: Profile) -> None:
-    doc = json.loads(json.dumps(to_speedscope(spin_profile.collapsed, "spin", locations=spin_profile.locations,
-                                              interval=spin_profile.interval)))
+    doc = json.loads(
+        json.dumps(
+            to_speedscope(
+                spin_profile.collapsed, "spin", locations=spin_profile.locations, interval=spin_profile.interval
+            )
+        )
+    )
     assert doc["$schema"] == SPEEDSCOPE_SCHEMA
     frames = doc["shared"]["frames"]
     names = [f["name"] for f in frames]

@@ -15,12 +15,13 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import httpx
 import pytest
-from conftest import APPS, Instance
+from conftest import APPS, Instance, MakeInstance
 
 from liveswap.cli import _alive, _wait_exit
 from liveswap.errors import AppLoadError, ConfigError
@@ -28,8 +29,6 @@ from liveswap.serve import serve
 from liveswap.worker.app import app_traceback, check_app, import_app, load_app
 
 pytestmark = pytest.mark.timeout(90)
-
-Make = Callable[..., Instance]
 
 
 # ---- helpers --------------------------------------------------------------------------------------
@@ -234,7 +233,7 @@ def control_request(inst: Instance, payload: bytes) -> dict[str, object]:
     return reply
 
 
-def test_control_socket_survives_hostile_requests(liveswap: Make) -> None:
+def test_control_socket_survives_hostile_requests(liveswap: MakeInstance) -> None:
     inst = liveswap()
     depth = 30_000  # 60,000 brackets on one line: under the 64 KiB limit
     hostile = [
@@ -268,6 +267,18 @@ def test_control_socket_survives_hostile_requests(liveswap: Make) -> None:
 
 
 # ---- 5: serve() takes the CLI's duration strings, and checks every argument -----------------------------
+class ServeOptions(TypedDict, total=False):
+    """The serve() keyword arguments the next test gets wrong."""
+
+    shutdown_timeout: float | str
+    header_timeout: float | str
+    keepalive_timeout: float | str
+    idle_grace: float | str
+    max_connections: int
+    max_header_bytes: int
+    interface: str
+
+
 @pytest.mark.parametrize(
     "kwargs,expected",
     [
@@ -280,13 +291,13 @@ def test_control_socket_survives_hostile_requests(liveswap: Make) -> None:
         ({"interface": "rsgi"}, "serve(interface='rsgi'): 'rsgi' is not one of: auto, asgi, wsgi"),
     ],
 )
-def test_serve_refuses_bad_arguments_before_binding(kwargs: dict[str, object], expected: str, held_port: int) -> None:
+def test_serve_refuses_bad_arguments_before_binding(kwargs: ServeOptions, expected: str, held_port: int) -> None:
     async def app(scope: object, receive: object, send: object) -> None:
         pass
 
     # Binding the held port would raise BindError: the ConfigError comes first.
     with pytest.raises(ConfigError) as info:
-        serve(app, f"127.0.0.1:{held_port}", debug=None, log_level=None, **kwargs)  # type: ignore[arg-type]
+        serve(app, f"127.0.0.1:{held_port}", debug=None, log_level=None, **kwargs)
     assert str(info.value).startswith(expected), str(info.value)
     assert info.value.hint
 
@@ -378,7 +389,7 @@ def _slow_request(inst: Instance, seconds: float, into: list[BaseException | htt
     return t
 
 
-def test_stop_waits_for_the_drain_and_the_exit(liveswap: Make) -> None:
+def test_stop_waits_for_the_drain_and_the_exit(liveswap: MakeInstance) -> None:
     inst = liveswap()
     assert inst.proc is not None
     result: list[BaseException | httpx.Response] = []
@@ -397,7 +408,7 @@ def test_stop_waits_for_the_drain_and_the_exit(liveswap: Make) -> None:
     assert isinstance(r, httpx.Response) and r.status_code == 200 and r.text.startswith("slow"), r
 
 
-def test_stop_no_wait_returns_at_once(liveswap: Make) -> None:
+def test_stop_no_wait_returns_at_once(liveswap: MakeInstance) -> None:
     inst = liveswap()
     assert inst.proc is not None
     result: list[BaseException | httpx.Response] = []
@@ -411,7 +422,7 @@ def test_stop_no_wait_returns_at_once(liveswap: Make) -> None:
     assert isinstance(r, httpx.Response) and r.status_code == 200, r
 
 
-def test_stop_gives_up_at_its_timeout(liveswap: Make) -> None:
+def test_stop_gives_up_at_its_timeout(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--drain-timeout", "60"])
     assert inst.proc is not None
     result: list[BaseException | httpx.Response] = []

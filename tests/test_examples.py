@@ -28,8 +28,14 @@ def test_group_example_serves_and_stops(tmp_path: Path) -> None:
     src = src.replace("group=group)", "group=group, debug=None)")
     script = tmp_path / "example.py"
     script.write_text(src)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     try:
         assert proc.stdout is not None
         url = None

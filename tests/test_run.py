@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -10,19 +11,21 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
-from conftest import APPS, pid_gone, wait_until
+from conftest import APPS, Instance, MakeInstance, pid_gone, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def get(inst, path: str = "/") -> httpx.Response:  # type: ignore[no-untyped-def]
+def get(inst: Instance, path: str = "/") -> httpx.Response:
     return httpx.get(inst.url + path, timeout=10)
 
 
-def test_serves_and_reload_changes_version(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_serves_and_reload_changes_version(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--workers", "2"])
     r = get(inst)
     assert r.status_code == 200 and r.headers["x-app-version"] == "1"
@@ -37,8 +40,9 @@ def test_serves_and_reload_changes_version(liveswap) -> None:  # type: ignore[no
     assert status["last_reload"]["ok"] is True
 
 
-def test_sighup_reloads(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_sighup_reloads(liveswap: MakeInstance) -> None:
     inst = liveswap()
+    assert inst.proc is not None
     inst.write_state("2")
     mark = inst.mark()
     inst.proc.send_signal(signal.SIGHUP)
@@ -46,12 +50,15 @@ def test_sighup_reloads(liveswap) -> None:  # type: ignore[no-untyped-def]
     assert get(inst).headers["x-app-version"] == "2"
 
 
-@pytest.mark.parametrize("behaviour,expect", [
-    ("fail-import", "RuntimeError: broken code in version 2"),
-    ("fail-startup", "lifespan startup failed"),
-    ("unhealthy", "health check GET / answered 503"),
-])
-def test_failed_reload_rolls_back(liveswap, behaviour: str, expect: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "behaviour,expect",
+    [
+        ("fail-import", "RuntimeError: broken code in version 2"),
+        ("fail-startup", "lifespan startup failed"),
+        ("unhealthy", "health check GET / answered 503"),
+    ],
+)
+def test_failed_reload_rolls_back(liveswap: MakeInstance, behaviour: str, expect: str) -> None:
     inst = liveswap(args=["--workers", "2"])
     pids = inst.worker_pids()
     inst.write_state(f"2 {behaviour}")
@@ -69,16 +76,29 @@ def test_failed_reload_rolls_back(liveswap, behaviour: str, expect: str) -> None
     assert get(inst).headers["x-app-version"] == "3"
 
 
-def test_reloads_during_a_reload_are_coalesced(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_reloads_during_a_reload_are_coalesced(liveswap: MakeInstance) -> None:
     inst = liveswap()
     inst.write_state("2 slow-import")
     mark = inst.mark()
-    first = subprocess.Popen([sys.executable, "-m", "liveswap", "reload", "--name", inst.name], env=inst.env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "liveswap", "reload", "--name", inst.name],
+        env=inst.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     inst.wait_for(r"slow import of version 2", start=mark)
     inst.write_state("3")
-    later = [subprocess.Popen([sys.executable, "-m", "liveswap", "reload", "--name", inst.name], env=inst.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    later = [
+        subprocess.Popen(
+            [sys.executable, "-m", "liveswap", "reload", "--name", inst.name],
+            env=inst.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     out, _ = first.communicate(timeout=60)
     assert "generation 2 live" in out
     for p in later:
@@ -88,7 +108,7 @@ def test_reloads_during_a_reload_are_coalesced(liveswap) -> None:  # type: ignor
     assert inst.status()["reloads_ok"] == 2
 
 
-def test_import_error_shows_end_of_traceback(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_import_error_shows_end_of_traceback(liveswap: MakeInstance) -> None:
     inst = liveswap()
     inst.write_state("2 fail-import")
     out = inst.reload()
@@ -96,7 +116,7 @@ def test_import_error_shows_end_of_traceback(liveswap) -> None:  # type: ignore[
     assert "versioned.py" in out.stderr and "raise RuntimeError" in out.stderr, out.stderr
 
 
-def test_worker_hanging_at_boot_is_rolled_back_at_boot_timeout(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_worker_hanging_at_boot_is_rolled_back_at_boot_timeout(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--boot-timeout", "1.5"])
     inst.write_state("2 hang-import")
     out = inst.reload()
@@ -106,7 +126,7 @@ def test_worker_hanging_at_boot_is_rolled_back_at_boot_timeout(liveswap) -> None
     assert inst.status()["state"] == "serving"
 
 
-def test_worker_ignoring_stop_is_killed_at_drain_timeout(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_worker_ignoring_stop_is_killed_at_drain_timeout(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--drain-timeout", "1"], version="1 hang-shutdown")
     (old,) = inst.worker_pids()
     inst.write_state("2")
@@ -118,7 +138,7 @@ def test_worker_ignoring_stop_is_killed_at_drain_timeout(liveswap) -> None:  # t
     assert get(inst).headers["x-app-version"] == "2"
 
 
-def test_killed_worker_is_replaced(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_killed_worker_is_replaced(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--workers", "2"])
     victim, other = inst.worker_pids()
     mark = inst.mark()
@@ -131,14 +151,18 @@ def test_killed_worker_is_replaced(liveswap) -> None:  # type: ignore[no-untyped
     assert inst.status()["restarts"] == 1
 
 
-def test_crash_loop_backs_off_and_reports_degraded(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_crash_loop_backs_off_and_reports_degraded(liveswap: MakeInstance) -> None:
     inst = liveswap(version="1 crash-soon", args=["--backoff-max", "0.4"])
     mark = inst.mark()
     inst.wait_for(r"crashed 3 times in a row; restarting in 0.2 s", start=mark, timeout=30)
     inst.wait_for(r"crashed 5 times in a row; restarting in 0.4 s", start=mark, timeout=30)
     states: list[str] = []
-    wait_until(lambda: states.append(inst.status()["state"]) or states[-1].startswith("degraded"), 20,
-               "status to say degraded")
+
+    def degraded() -> bool:
+        states.append(inst.status()["state"])
+        return states[-1].startswith("degraded")
+
+    wait_until(degraded, 20, "status to say degraded")
     assert "0 of 1 workers up" in states[-1]
     # a fixed version reloads over the crash loop
     inst.write_state("2")
@@ -147,18 +171,20 @@ def test_crash_loop_backs_off_and_reports_degraded(liveswap) -> None:  # type: i
     assert get(inst).headers["x-app-version"] == "2"
 
 
-def test_sigkill_of_supervisor_leaves_no_worker(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_of_supervisor_leaves_no_worker(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--workers", "3"])
+    assert inst.proc is not None
     pids = inst.worker_pids()
     assert len(pids) == 3
     os.kill(inst.proc.pid, signal.SIGKILL)
     inst.proc.wait(10)
     for pid in pids:
-        wait_until(lambda pid=pid: pid_gone(pid), 10, f"worker {pid} to die with its supervisor")
+        wait_until(functools.partial(pid_gone, pid), 10, f"worker {pid} to die with its supervisor")
 
 
-def test_sigterm_drains_and_exits_zero(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_drains_and_exits_zero(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--workers", "2"])
+    assert inst.proc is not None
     result: dict[str, object] = {}
 
     def slow() -> None:
@@ -176,8 +202,9 @@ def test_sigterm_drains_and_exits_zero(liveswap) -> None:  # type: ignore[no-unt
     assert "stopped" in inst.output().split("\n", mark)[-1]
 
 
-def test_second_sigint_stops_at_once(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_second_sigint_stops_at_once(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--drain-timeout", "60"])
+    assert inst.proc is not None
     t = threading.Thread(target=lambda: _swallow(lambda: httpx.get(inst.url + "/slow?s=30", timeout=60)))
     t.start()
     inst.wait_for(r"slow request started")
@@ -190,14 +217,14 @@ def test_second_sigint_stops_at_once(liveswap) -> None:  # type: ignore[no-untyp
     t.join(30)
 
 
-def _swallow(fn) -> None:  # type: ignore[no-untyped-def]
+def _swallow(fn: Callable[[], object]) -> None:
     try:
         fn()
     except httpx.HTTPError:
         pass
 
 
-def test_bind_inherited_fd(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_bind_inherited_fd(liveswap: MakeInstance) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
@@ -209,14 +236,14 @@ def test_bind_inherited_fd(liveswap) -> None:  # type: ignore[no-untyped-def]
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).headers["x-app-version"] == "1"
 
 
-def test_liveswap_stop_command(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_liveswap_stop_command(liveswap: MakeInstance) -> None:
     inst = liveswap()
     out = inst.cli("stop", "--name", inst.name)
     assert out.returncode == 0 and "stopping" in out.stdout
     assert inst.wait_exit(30) == 0
 
 
-def test_control_socket_refuses_garbage(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_control_socket_refuses_garbage(liveswap: MakeInstance) -> None:
     inst = liveswap()
     path = inst.runtime / "liveswap" / f"{inst.name}.sock"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
@@ -233,7 +260,7 @@ def test_control_socket_refuses_garbage(liveswap) -> None:  # type: ignore[no-un
     assert get(inst).status_code == 200
 
 
-def test_status_table_and_name_discovery(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_status_table_and_name_discovery(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--workers", "2"])
     out = inst.cli("status")  # no --name: the only running instance
     assert out.returncode == 0, out.stderr
@@ -241,23 +268,39 @@ def test_status_table_and_name_discovery(liveswap) -> None:  # type: ignore[no-u
     assert out.stdout.count(" live ") >= 2
 
 
-def test_cli_errors_have_hints(liveswap, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_errors_have_hints(liveswap: MakeInstance, tmp_path: Path) -> None:
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-m", "liveswap", "reload"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "no liveswap instance is running" in out.stderr and "hint:" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "liveswap", "run", "nocolon"], env=env, capture_output=True,
-                         text=True, cwd=tmp_path, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "liveswap", "run", "nocolon"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=30,
+    )
     assert out.returncode == 2 and "must be in format" in out.stdout + out.stderr  # a usage error
-    out = subprocess.run([sys.executable, "-m", "liveswap", "run", "x:app", "--bind", "localhost"], env=env,
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "liveswap", "run", "x:app", "--bind", "localhost"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2 and "no port" in out.stderr and "hint:" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "liveswap", "run", "x:app", "--workers", "0"], env=env,
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "liveswap", "run", "x:app", "--workers", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2 and "--workers" in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_wsgi_app_and_factory(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_wsgi_app_and_factory(liveswap: MakeInstance) -> None:
     inst = liveswap(app="wsgi_app:application")
     r = get(inst, "/hello")
     assert r.status_code == 200 and r.text == "wsgi GET /hello\n"
@@ -265,7 +308,7 @@ def test_wsgi_app_and_factory(liveswap) -> None:  # type: ignore[no-untyped-def]
     assert get(inst2, "/x").text == "wsgi GET /x\n"
 
 
-def test_unix_and_ipv6_binds(liveswap, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unix_and_ipv6_binds(liveswap: MakeInstance, tmp_path: Path) -> None:
     sock_path = tmp_path / "app.sock"
     inst = liveswap(args=["--bind", f"unix:{sock_path}", "--bind", "127.0.0.1:0"])
     transport = httpx.HTTPTransport(uds=str(sock_path))
@@ -279,7 +322,7 @@ def test_unix_and_ipv6_binds(liveswap, tmp_path) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate")
-def test_systemd_socket_activation(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_systemd_socket_activation(tmp_path: Path) -> None:
     with socket.socket() as probe:  # find a port the activator can bind; it binds by number only
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -289,11 +332,31 @@ def test_systemd_socket_activation(tmp_path) -> None:  # type: ignore[no-untyped
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
     env = dict(os.environ, LIVESWAP_TEST_STATE=str(state), XDG_RUNTIME_DIR=str(runtime))
-    cmd = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", "LIVESWAP_TEST_STATE", "-E", "XDG_RUNTIME_DIR",
-           "-E", "PYTHONPATH", "-E", "PATH", sys.executable, "-m", "liveswap", "run", "versioned:app", "--app-dir",
-           str(APPS), "--name", "sockact"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        "systemd-socket-activate",
+        "-l",
+        f"127.0.0.1:{port}",
+        "-E",
+        "LIVESWAP_TEST_STATE",
+        "-E",
+        "XDG_RUNTIME_DIR",
+        "-E",
+        "PYTHONPATH",
+        "-E",
+        "PATH",
+        sys.executable,
+        "-m",
+        "liveswap",
+        "run",
+        "versioned:app",
+        "--app-dir",
+        str(APPS),
+        "--name",
+        "sockact",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         # Socket activation: the connection waits in the activator's queue until liveswap serves it.
         r = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
@@ -28,9 +29,14 @@ class Served:
         self.lines: list[str] = []
         self.cond = threading.Condition()
         full_env = dict(os.environ, PYTHONUNBUFFERED="1", **env)
-        self.proc = subprocess.Popen([*(wrap or []), sys.executable, str(SCRIPT), *args], env=full_env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [*(wrap or []), sys.executable, str(SCRIPT), *args],
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.pump = threading.Thread(target=self._pump, daemon=True)
         self.pump.start()
 
@@ -67,17 +73,29 @@ class Served:
         self.proc.stdout.close()
 
 
+class MakeServed(Protocol):
+    """The ``served`` fixture: runs tests/apps/serve_script.py; returns it, its URL and its debug URL ("" if off)."""
+
+    def __call__(
+        self, env: dict[str, str] | None = None, args: list[str] | None = None, wrap: list[str] | None = None
+    ) -> tuple[Served, str, str]: ...
+
+
 @pytest.fixture
-def served() -> Iterator[object]:
+def served() -> Iterator[MakeServed]:
     started: list[Served] = []
 
-    def make(env: dict[str, str] | None = None, args: list[str] | None = None,
-             wrap: list[str] | None = None) -> tuple[Served, str, str]:
+    def make(
+        env: dict[str, str] | None = None, args: list[str] | None = None, wrap: list[str] | None = None
+    ) -> tuple[Served, str, str]:
         s = Served(env or {}, args or [], wrap)
         started.append(s)
         url = "http://" + s.wait_for(r"serving \w+ app on http://(\S+)").group(1)
-        debug = "http://" + s.wait_for(r"debug server on http://(\S+?)/").group(1) if "SERVE_DEBUG" not in (
-            env or {}) else ""
+        debug = (
+            "http://" + s.wait_for(r"debug server on http://(\S+?)/").group(1)
+            if "SERVE_DEBUG" not in (env or {})
+            else ""
+        )
         return s, url, debug
 
     yield make
@@ -90,7 +108,7 @@ def _addr(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def test_drains_in_flight_request_on_sigterm_and_returns(served) -> None:  # type: ignore[no-untyped-def]
+def test_drains_in_flight_request_on_sigterm_and_returns(served: MakeServed) -> None:
     s, url, _ = served()
     result: list[httpx.Response] = []
     t = threading.Thread(target=lambda: result.append(httpx.get(url + "/slow?s=1", timeout=10)))
@@ -103,7 +121,7 @@ def test_drains_in_flight_request_on_sigterm_and_returns(served) -> None:  # typ
     assert "serve returned" in s.output()
 
 
-def test_slow_header_client_is_cut_off_while_others_are_served(served) -> None:  # type: ignore[no-untyped-def]
+def test_slow_header_client_is_cut_off_while_others_are_served(served: MakeServed) -> None:
     s, url, _ = served(env={"SERVE_HEADER_TIMEOUT": "1"})
     slow = socket.create_connection(_addr(url), timeout=10)
     try:
@@ -135,19 +153,19 @@ def test_slow_header_client_is_cut_off_while_others_are_served(served) -> None: 
     assert answered >= 3
 
 
-def test_oversized_headers_get_431(served) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_headers_get_431(served: MakeServed) -> None:
     _, url, _ = served()
     r = httpx.get(url + "/", headers={"x-big": "a" * 70_000}, timeout=10)
     assert r.status_code == 431
     assert httpx.get(url + "/", headers={"x-fine": "a" * 10_000}, timeout=10).status_code == 200
 
 
-def test_wsgi_app(served) -> None:  # type: ignore[no-untyped-def]
+def test_wsgi_app(served: MakeServed) -> None:
     _, url, _ = served(env={"SERVE_MODE": "wsgi"})
     assert httpx.get(url + "/", timeout=10).text == "wsgi ok\n"
 
 
-def test_debug_stacks_show_where_a_request_is_blocked(served) -> None:  # type: ignore[no-untyped-def]
+def test_debug_stacks_show_where_a_request_is_blocked(served: MakeServed) -> None:
     s, url, debug = served()
     t = threading.Thread(target=lambda: httpx.get(url + "/block?s=3", timeout=20))
     t.start()
@@ -158,7 +176,7 @@ def test_debug_stacks_show_where_a_request_is_blocked(served) -> None:  # type: 
     t.join(20)
 
 
-def test_debug_profile_shows_spinning_function(served) -> None:  # type: ignore[no-untyped-def]
+def test_debug_profile_shows_spinning_function(served: MakeServed) -> None:
     s, url, debug = served()
     t = threading.Thread(target=lambda: httpx.get(url + "/spin?s=3", timeout=20))
     t.start()
@@ -174,7 +192,7 @@ def test_debug_profile_shows_spinning_function(served) -> None:  # type: ignore[
     t2.join(20)
 
 
-def test_debug_metrics_count_requests(served) -> None:  # type: ignore[no-untyped-def]
+def test_debug_metrics_count_requests(served: MakeServed) -> None:
     _, url, debug = served()
     for _ in range(7):
         assert httpx.get(url + "/ok", timeout=10).status_code == 200
@@ -184,7 +202,7 @@ def test_debug_metrics_count_requests(served) -> None:  # type: ignore[no-untype
     assert "liveswap_http_request_duration_seconds_bucket" in text
 
 
-def test_group_member_failure_stops_server_and_surfaces(served) -> None:  # type: ignore[no-untyped-def]
+def test_group_member_failure_stops_server_and_surfaces(served: MakeServed) -> None:
     s, url, _ = served(env={"SERVE_MODE": "group-fail"})
     assert httpx.get(url + "/fail-member", timeout=10).status_code == 200
     code = s.proc.wait(20)
@@ -195,7 +213,7 @@ def test_group_member_failure_stops_server_and_surfaces(served) -> None:  # type
 
 
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate")
-def test_socket_activation_and_ready_notification(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_socket_activation_and_ready_notification(served: MakeServed, tmp_path: Path) -> None:
     notify_path = str(tmp_path / "notify.sock")
     rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     rx.bind(notify_path)
@@ -204,14 +222,23 @@ def test_socket_activation_and_ready_notification(served, tmp_path: Path) -> Non
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     try:
-        wrap = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", "NOTIFY_SOCKET", "-E", "PYTHONPATH",
-                "-E", "SERVE_DEBUG"]
+        wrap = [
+            "systemd-socket-activate",
+            "-l",
+            f"127.0.0.1:{port}",
+            "-E",
+            "NOTIFY_SOCKET",
+            "-E",
+            "PYTHONPATH",
+            "-E",
+            "SERVE_DEBUG",
+        ]
         env = {"NOTIFY_SOCKET": notify_path, "SERVE_DEBUG": ""}
         s = Served(env, ["127.0.0.1:1"], wrap)  # the bind argument is ignored: LISTEN_FDS wins
         try:
             r = httpx.get(f"http://127.0.0.1:{port}/x", timeout=30)  # queued until serve() takes the socket
             assert r.text == "/x done\n"
-            messages = []
+            messages: list[str] = []
             while not any("READY=1" in m for m in messages):
                 messages.append(rx.recv(4096).decode())
             assert f"serving asgi app on http://127.0.0.1:{port}" in s.output()
@@ -221,7 +248,7 @@ def test_socket_activation_and_ready_notification(served, tmp_path: Path) -> Non
         rx.close()
 
 
-def test_body_after_an_early_response_is_not_taken_for_headers(served) -> None:  # type: ignore[no-untyped-def]
+def test_body_after_an_early_response_is_not_taken_for_headers(served: MakeServed) -> None:
     # /ok answers without reading the body; the rest of a large upload must not count as the
     # next request's head (no 431, no 408): the connection stays usable.
     _, url, _ = served()

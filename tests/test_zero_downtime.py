@@ -14,7 +14,7 @@ import threading
 
 import httpx
 import pytest
-from conftest import wait_until
+from conftest import Instance, MakeInstance, wait_until
 from loadclient import LoadClient
 
 pytestmark = pytest.mark.timeout(180)
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.timeout(180)
 RELOADS = 20
 
 
-def _reload_many(inst, lc: LoadClient, count: int, rng: random.Random) -> list[str]:  # type: ignore[no-untyped-def]
-    versions = []
+def _reload_many(inst: Instance, lc: LoadClient, count: int, rng: random.Random) -> list[str]:
+    versions: list[str] = []
     for i in range(count):
         version = f"v{i + 2}"
         inst.write_state(version)
@@ -40,7 +40,7 @@ def _reload_many(inst, lc: LoadClient, count: int, rng: random.Random) -> list[s
 
 
 @pytest.mark.parametrize("mode", ["keepalive", "close", "post"])
-def test_reloads_under_load_lose_nothing(liveswap, mode: str) -> None:  # type: ignore[no-untyped-def]
+def test_reloads_under_load_lose_nothing(liveswap: MakeInstance, mode: str) -> None:
     rng = random.Random(1234)
     inst = liveswap(args=["--workers", "2"])
     lc = LoadClient(host=inst.host, port=inst.port, mode=mode, concurrency=6, timeout=15.0)
@@ -59,7 +59,7 @@ def test_reloads_under_load_lose_nothing(liveswap, mode: str) -> None:  # type: 
     assert status["reloads_ok"] == RELOADS and status["reloads_failed"] == 0
 
 
-def test_failed_reloads_under_load_lose_nothing(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_failed_reloads_under_load_lose_nothing(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--workers", "2"])
     lc = LoadClient(host=inst.host, port=inst.port, mode="keepalive", concurrency=6, timeout=15.0)
     lc.start()
@@ -76,7 +76,7 @@ def test_failed_reloads_under_load_lose_nothing(liveswap) -> None:  # type: igno
     assert not any(v.startswith("bad") for v in result.versions), result.versions
 
 
-def test_slow_requests_in_flight_complete_across_reloads(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_slow_requests_in_flight_complete_across_reloads(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--workers", "2"])
     results: list[httpx.Response | BaseException] = []
 
@@ -101,7 +101,7 @@ def test_slow_requests_in_flight_complete_across_reloads(liveswap) -> None:  # t
         assert isinstance(r, httpx.Response) and r.status_code == 200 and r.text == "slow 1\n", r
 
 
-def test_keepalive_connection_gets_connection_close_when_draining(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_keepalive_connection_gets_connection_close_when_draining(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--idle-grace", "5"])
     with httpx.Client(timeout=10) as client:
         first = client.get(inst.url + "/")
@@ -117,7 +117,7 @@ def test_keepalive_connection_gets_connection_close_when_draining(liveswap) -> N
         assert third.headers["x-app-version"] == "2"
 
 
-def test_websocket_closed_with_1012_on_reload(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_websocket_closed_with_1012_on_reload(liveswap: MakeInstance) -> None:
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
@@ -132,10 +132,11 @@ def test_websocket_closed_with_1012_on_reload(liveswap) -> None:  # type: ignore
     assert info.value.rcvd is not None and info.value.rcvd.code == 1012
 
 
-def test_sighup_to_the_whole_process_group_reloads_without_losing_anything(liveswap) -> None:  # type: ignore[no-untyped-def]
+def test_sighup_to_the_whole_process_group_reloads_without_losing_anything(liveswap: MakeInstance) -> None:
     # A terminal hang-up or `kill -HUP -PGID` reaches the workers and the template too: only the
     # supervisor may act on it.
     inst = liveswap(args=["--workers", "2"])
+    assert inst.proc is not None
     lc = LoadClient(host=inst.host, port=inst.port, mode="keepalive", concurrency=6, timeout=15.0)
     lc.start()
     try:

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from typing import Any
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 import liveswap
 
@@ -47,7 +48,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": f"{path} done\n".encode()})
 
 
-def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"wsgi ok\n"]
 
@@ -60,13 +61,13 @@ async def failing_member() -> None:
 if __name__ == "__main__":
     bind = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:0"
     debug = os.environ.get("SERVE_DEBUG", "127.0.0.1:0") or None
-    kwargs: dict[str, Any] = {"header_timeout": float(os.environ.get("SERVE_HEADER_TIMEOUT", "10"))}
+    header_timeout = float(os.environ.get("SERVE_HEADER_TIMEOUT", "10"))
     if MODE == "group-fail":
         group = liveswap.Group(shutdown_timeout=5)
         group.add(failing_member)
-        liveswap.serve(app, bind, debug=debug, group=group, **kwargs)
+        liveswap.serve(app, bind, debug=debug, group=group, header_timeout=header_timeout)
     elif MODE == "wsgi":
-        liveswap.serve(wsgi, bind, debug=debug, **kwargs)
+        liveswap.serve(wsgi, bind, debug=debug, header_timeout=header_timeout)
     else:
-        liveswap.serve(app, bind, debug=debug, **kwargs)
+        liveswap.serve(app, bind, debug=debug, header_timeout=header_timeout)
     print("serve returned", flush=True)

@@ -1,8 +1,8 @@
 """Test app whose code "version" and boot behaviour come from a file, re-read at every import.
 
 The file named by $LIVESWAP_TEST_STATE holds one line: a version string, optionally followed by a
-behaviour: "fail-import", "hang-import", "fail-startup", "raise-startup", "unhealthy", "hang-shutdown", "crash-soon", "slow-import",
-"block-after" (GET /block blocks the event loop for good).
+behaviour: "fail-import", "hang-import", "fail-startup", "raise-startup", "unhealthy", "hang-shutdown",
+"crash-soon", "slow-import", "block-after" (GET /block blocks the event loop for good).
 """
 
 from __future__ import annotations
