@@ -25,7 +25,7 @@ from conftest import APPS, Instance, MakeInstance
 
 from liveswap.cli import _alive, _wait_exit
 from liveswap.errors import AppLoadError, ConfigError
-from liveswap.serve import serve
+from liveswap import serve
 from liveswap.worker.app import app_traceback, check_app, import_app, load_app
 
 pytestmark = pytest.mark.timeout(90)

@@ -18,7 +18,7 @@ from .errors import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .group import Group
-    from .serve import serve
+    from ._serve import serve
 
 __version__ = "0.1.0"
 
@@ -39,10 +39,10 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # serve and Group import uvicorn: load them on first use, so that the supervisor and the
     # control commands (liveswap reload/status/stop) stay small and start fast.
-    # Importing the submodule liveswap.serve sets this package's attribute "serve" to the module;
-    # the function is put back in its place, so that every later ``liveswap.serve`` is the function.
+    # The module is private (_serve): a public submodule named "serve" would replace this
+    # attribute with itself whenever something imported it.
     if name == "serve":
-        from .serve import serve
+        from ._serve import serve
 
         globals()["serve"] = serve
         return serve

@@ -26,7 +26,7 @@ from .worker.server import StartupFailed, WorkerServer, new_event_loop
 
 __all__ = ["serve"]
 
-log = logging.getLogger("liveswap.serve")
+log = logging.getLogger("liveswap.serve")  # the public name, not the module's
 
 DEFAULT_DEBUG = "127.0.0.1:6060"
 
