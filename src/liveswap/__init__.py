@@ -17,8 +17,8 @@ from .errors import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .group import Group
     from ._serve import serve
+    from .group import Group
 
 __version__ = "0.1.0"
 
