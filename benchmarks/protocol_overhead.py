@@ -40,8 +40,14 @@ def main() -> int:
     duration = args.duration or (2.0 if args.quick else 4.0)
     # uvicorn imports the --http class before --app-dir applies: put the variants on the path.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE / "apps"), os.environ.get("PYTHONPATH")]))
-    out: dict[str, Any] = {"benchmark": "protocol-overhead", "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                           "rounds": rounds, "duration_s": duration, "machine": machine_info(), "runs": []}
+    out: dict[str, Any] = {
+        "benchmark": "protocol-overhead",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "rounds": rounds,
+        "duration_s": duration,
+        "machine": machine_info(),
+        "runs": [],
+    }
     per_cpu: dict[str, list[float]] = {k: [] for k in VARIANTS}
     rps: dict[str, list[float]] = {k: [] for k in VARIANTS}
     for rnd in range(rounds):

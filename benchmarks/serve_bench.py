@@ -103,8 +103,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "uvicorn.run + both": ("run_uvicorn.py", ["--metrics", "--guarded"]),
     "serve(debug=None)": ("run_serve.py", ["--no-debug"]),
 }
-PARTS = ["uvicorn.run", "uvicorn.run + empty send wrapper", "uvicorn.run + metrics middleware",
-         "uvicorn.run + liveswap protocol", "uvicorn.run + both", "serve(debug=None)", "liveswap.serve"]
+PARTS = [
+    "uvicorn.run",
+    "uvicorn.run + empty send wrapper",
+    "uvicorn.run + metrics middleware",
+    "uvicorn.run + liveswap protocol",
+    "uvicorn.run + both",
+    "serve(debug=None)",
+    "liveswap.serve",
+]
 
 
 def debug_get(port: int, target: str, timeout: float) -> tuple[int, bytes]:
@@ -135,8 +142,9 @@ def one_run(kind: str, duration: float, profile: bool) -> dict[str, Any]:
             def take() -> None:
                 t0 = time.perf_counter()
                 try:
-                    status, body = debug_get(dport, f"/profile?seconds={duration:g}&format=collapsed",
-                                             timeout=duration + 30)
+                    status, body = debug_get(
+                        dport, f"/profile?seconds={duration:g}&format=collapsed", timeout=duration + 30
+                    )
                 except OSError as exc:
                     prof["error"] = repr(exc)
                     return
@@ -144,11 +152,11 @@ def one_run(kind: str, duration: float, profile: bool) -> dict[str, Any]:
                 prof["elapsed_s"] = round(time.perf_counter() - t0, 3)
                 lines = [ln for ln in body.decode(errors="replace").splitlines() if ln.strip()]
                 prof["stacks"] = len(lines)
-                prof["samples"] = sum(int(ln.rsplit(" ", 1)[1]) for ln in lines
-                                      if ln.rsplit(" ", 1)[-1].isdigit())
+                prof["samples"] = sum(int(ln.rsplit(" ", 1)[1]) for ln in lines if ln.rsplit(" ", 1)[-1].isdigit())
                 prof["bytes"] = len(body)
-                prof["top_stacks"] = sorted(lines, key=lambda ln: -int(ln.rsplit(" ", 1)[1])
-                                            if ln.rsplit(" ", 1)[-1].isdigit() else 0)[:5]
+                prof["top_stacks"] = sorted(
+                    lines, key=lambda ln: -int(ln.rsplit(" ", 1)[1]) if ln.rsplit(" ", 1)[-1].isdigit() else 0
+                )[:5]
 
         cpu0 = sum(cpu_seconds(p) for p in tree)
         wrk = wrk_start(srv.port, duration, threads=2, conns=64)
@@ -169,9 +177,18 @@ def one_run(kind: str, duration: float, profile: bool) -> dict[str, Any]:
             if status == 200:
                 counted = sum(int(x["value"]) for x in json.loads(body).get("requests_total", []))
         log_lines = len(srv.log_text().splitlines())
-    return {"server": kind, "profile": profile, "cpu_s": cpu, "processes": len(tree),
-            "req_per_cpu_s": r.requests / cpu if cpu > 0 else float("nan"), "load1": loadavg(),
-            "metrics_requests": counted, "log_lines": log_lines, "profile_result": prof or None, **r.as_dict()}
+    return {
+        "server": kind,
+        "profile": profile,
+        "cpu_s": cpu,
+        "processes": len(tree),
+        "req_per_cpu_s": r.requests / cpu if cpu > 0 else float("nan"),
+        "load1": loadavg(),
+        "metrics_requests": counted,
+        "log_lines": log_lines,
+        "profile_result": prof or None,
+        **r.as_dict(),
+    }
 
 
 def compare(label: str, a: str, b: str, runs: list[dict[str, Any]], key_a: Any, key_b: Any) -> dict[str, Any]:
@@ -181,41 +198,71 @@ def compare(label: str, a: str, b: str, runs: list[dict[str, Any]], key_a: Any, 
     ma, mb = median([x["rps"] for x in ra]), median([x["rps"] for x in rb])
     ca, cb = median([x["req_per_cpu_s"] for x in ra]), median([x["req_per_cpu_s"] for x in rb])
     pairs = [y["rps"] / x["rps"] for x, y in zip(ra, rb, strict=False)]
-    table(["", "median req/s", "runs (req/s)", "median req/CPU-s", "failures"],
-          [[a, f"{ma:.1f}", " ".join(f"{x['rps']:.0f}" for x in ra), f"{ca:.0f}", sum(x["failures"] for x in ra)],
-           [b, f"{mb:.1f}", " ".join(f"{x['rps']:.0f}" for x in rb), f"{cb:.0f}", sum(x["failures"] for x in rb)]])
-    say(f"  {label}: {mb / ma:.3f} by median req/s; per round: {' '.join(f'{p:.3f}' for p in pairs)}; "
-        f"by req/CPU-s: {cb / ca:.3f}")
-    return {"median_rps": {a: ma, b: mb}, "median_req_per_cpu_s": {a: ca, b: cb}, "ratio": mb / ma,
-            "ratio_per_round": pairs, "ratio_per_cpu": cb / ca}
+    table(
+        ["", "median req/s", "runs (req/s)", "median req/CPU-s", "failures"],
+        [
+            [a, f"{ma:.1f}", " ".join(f"{x['rps']:.0f}" for x in ra), f"{ca:.0f}", sum(x["failures"] for x in ra)],
+            [b, f"{mb:.1f}", " ".join(f"{x['rps']:.0f}" for x in rb), f"{cb:.0f}", sum(x["failures"] for x in rb)],
+        ],
+    )
+    say(
+        f"  {label}: {mb / ma:.3f} by median req/s; per round: {' '.join(f'{p:.3f}' for p in pairs)}; "
+        f"by req/CPU-s: {cb / ca:.3f}"
+    )
+    return {
+        "median_rps": {a: ma, b: mb},
+        "median_req_per_cpu_s": {a: ca, b: cb},
+        "ratio": mb / ma,
+        "ratio_per_round": pairs,
+        "ratio_per_cpu": cb / ca,
+    }
 
 
 def phase_serve(args: argparse.Namespace) -> dict[str, Any]:
-    say(f"\n== 1. liveswap.serve() (all protections; debug server off, then on) vs uvicorn.run, same app "
-        f"(wrk -t2 -c64 -d{args.duration:g}s, {args.rounds} runs each, order rotated, 2 s warm-up each) ==")
+    say(
+        f"\n== 1. liveswap.serve() (all protections; debug server off, then on) vs uvicorn.run, same app "
+        f"(wrk -t2 -c64 -d{args.duration:g}s, {args.rounds} runs each, order rotated, 2 s warm-up each) =="
+    )
     runs = []
     kinds = ["uvicorn.run", "serve(debug=None)", "liveswap.serve"]
     for i in range(args.rounds):
-        order = kinds[i % 3:] + kinds[:i % 3]
+        order = kinds[i % 3 :] + kinds[: i % 3]
         if i % 2:
             order.reverse()
         for kind in order:
             r = one_run(kind, args.duration, profile=False)
             r["round"] = i
             runs.append(r)
-            say(f"  {kind:15s} {r['rps']:10.1f} req/s  {r['req_per_cpu_s']:8.0f} req/CPU-s  (failures {r['failures']}, "
+            say(
+                f"  {kind:15s} {r['rps']:10.1f} req/s  {r['req_per_cpu_s']:8.0f} req/CPU-s  (failures {r['failures']}, "
                 f"latency avg {r['latency_avg']}, load {r['load1']}"
-                + (f", metrics counted {r['metrics_requests']}" if r["metrics_requests"] is not None else "") + ")")
-    protections = compare("ratio serve(debug=None)/uvicorn.run", "uvicorn.run", "serve(debug=None)", runs,
-                          lambda x: x["server"] == "uvicorn.run", lambda x: x["server"] == "serve(debug=None)")
-    summary = compare("ratio serve()/uvicorn.run", "uvicorn.run", "liveswap.serve", runs,
-                      lambda x: x["server"] == "uvicorn.run", lambda x: x["server"] == "liveswap.serve")
+                + (f", metrics counted {r['metrics_requests']}" if r["metrics_requests"] is not None else "")
+                + ")"
+            )
+    protections = compare(
+        "ratio serve(debug=None)/uvicorn.run",
+        "uvicorn.run",
+        "serve(debug=None)",
+        runs,
+        lambda x: x["server"] == "uvicorn.run",
+        lambda x: x["server"] == "serve(debug=None)",
+    )
+    summary = compare(
+        "ratio serve()/uvicorn.run",
+        "uvicorn.run",
+        "liveswap.serve",
+        runs,
+        lambda x: x["server"] == "uvicorn.run",
+        lambda x: x["server"] == "liveswap.serve",
+    )
     return {"runs": runs, "protections_only": protections, **summary}
 
 
 def phase_profile(args: argparse.Namespace) -> dict[str, Any]:
-    say(f"\n== 2. liveswap.serve() under load, with GET /profile?seconds={args.duration:g}&format=collapsed during "
-        f"the wrk run vs without (wrk -t2 -c64 -d{args.duration:g}s, {args.rounds} runs each, ABBA-interleaved) ==")
+    say(
+        f"\n== 2. liveswap.serve() under load, with GET /profile?seconds={args.duration:g}&format=collapsed during "
+        f"the wrk run vs without (wrk -t2 -c64 -d{args.duration:g}s, {args.rounds} runs each, ABBA-interleaved) =="
+    )
     runs = []
     for i in range(args.rounds):
         order = [False, True] if i % 2 == 0 else [True, False]
@@ -224,35 +271,56 @@ def phase_profile(args: argparse.Namespace) -> dict[str, Any]:
             r["round"] = i
             runs.append(r)
             p = r["profile_result"]
-            say(f"  {'profiling' if profile else 'no profile':15s} {r['rps']:10.1f} req/s  "
+            say(
+                f"  {'profiling' if profile else 'no profile':15s} {r['rps']:10.1f} req/s  "
                 f"{r['req_per_cpu_s']:8.0f} req/CPU-s  (failures {r['failures']}, latency avg {r['latency_avg']}, "
-                f"load {r['load1']}" + (f", profile: {p['samples']} samples in {p['stacks']} stacks, "
-                                         f"answered in {p['elapsed_s']:.1f} s" if p else "") + ")")
-    summary = compare("ratio profiling/without", "no profile", "profiling", runs,
-                      lambda x: not x["profile"], lambda x: x["profile"])
+                f"load {r['load1']}"
+                + (
+                    f", profile: {p['samples']} samples in {p['stacks']} stacks, answered in {p['elapsed_s']:.1f} s"
+                    if p
+                    else ""
+                )
+                + ")"
+            )
+    summary = compare(
+        "ratio profiling/without", "no profile", "profiling", runs, lambda x: not x["profile"], lambda x: x["profile"]
+    )
     return {"runs": runs, **summary}
 
 
 def phase_parts(args: argparse.Namespace) -> dict[str, Any]:
     dur = args.parts_duration
-    say(f"\n== 3. where serve()'s cost goes: uvicorn.run with serve()'s parts added one at a time "
-        f"(wrk -t2 -c64 -d{dur:g}s, {args.parts_rounds} rounds, order reversed every other round) ==")
+    say(
+        f"\n== 3. where serve()'s cost goes: uvicorn.run with serve()'s parts added one at a time "
+        f"(wrk -t2 -c64 -d{dur:g}s, {args.parts_rounds} rounds, order reversed every other round) =="
+    )
     runs = []
     for i in range(args.parts_rounds):
-        for label in (PARTS if i % 2 == 0 else list(reversed(PARTS))):
+        for label in PARTS if i % 2 == 0 else list(reversed(PARTS)):
             r = one_run(label, dur, profile=False)
             r["round"] = i
             runs.append(r)
-            say(f"  {label:34s} {r['rps']:9.0f} req/s {r['req_per_cpu_s']:9.0f} req/CPU-s  "
-                f"(failures {r['failures']}, load {r['load1']})")
+            say(
+                f"  {label:34s} {r['rps']:9.0f} req/s {r['req_per_cpu_s']:9.0f} req/CPU-s  "
+                f"(failures {r['failures']}, load {r['load1']})"
+            )
     per_cpu = {k: median([x["req_per_cpu_s"] for x in runs if x["server"] == k]) for k in PARTS}
     rps = {k: median([x["rps"] for x in runs if x["server"] == k]) for k in PARTS}
     base, base_rps = per_cpu["uvicorn.run"], rps["uvicorn.run"]
-    table(["variant", "median req/CPU-s", "ratio", "median req/s", "ratio (req/s)"],
-          [[k, f"{per_cpu[k]:.0f}", f"{per_cpu[k] / base:.3f}", f"{rps[k]:.0f}", f"{rps[k] / base_rps:.3f}"]
-           for k in PARTS])
-    return {"runs": runs, "median_req_per_cpu_s": per_cpu, "median_rps": rps,
-            "ratio_per_cpu": {k: per_cpu[k] / base for k in PARTS}, "ratio_rps": {k: rps[k] / base_rps for k in PARTS}}
+    table(
+        ["variant", "median req/CPU-s", "ratio", "median req/s", "ratio (req/s)"],
+        [
+            [k, f"{per_cpu[k]:.0f}", f"{per_cpu[k] / base:.3f}", f"{rps[k]:.0f}", f"{rps[k] / base_rps:.3f}"]
+            for k in PARTS
+        ],
+    )
+    return {
+        "runs": runs,
+        "median_req_per_cpu_s": per_cpu,
+        "median_rps": rps,
+        "ratio_per_cpu": {k: per_cpu[k] / base for k in PARTS},
+        "ratio_rps": {k: rps[k] / base_rps for k in PARTS},
+    }
 
 
 def main() -> int:
@@ -260,8 +328,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="short runs (a smoke test, not a measurement)")
     p.add_argument("--only", default=",".join(PHASES), help=f"comma-separated phases: {', '.join(PHASES)}")
     p.add_argument("--rounds", type=int, default=None, help="runs per server (or per profile setting) [6]")
-    p.add_argument("--duration", type=float, default=None,
-                   help="seconds of wrk per run, and of the profile [8]")
+    p.add_argument("--duration", type=float, default=None, help="seconds of wrk per run, and of the profile [8]")
     p.add_argument("--parts-rounds", type=int, default=None, help="rounds of the parts phase [4]")
     p.add_argument("--parts-duration", type=float, default=None, help="seconds of wrk per run in the parts phase [4]")
     args = p.parse_args()
@@ -274,9 +341,15 @@ def main() -> int:
     if unknown:
         p.error(f"unknown phase(s) {sorted(unknown)}; choose from {', '.join(PHASES)}")
     started = time.time()
-    out: dict[str, Any] = {"benchmark": "serve", "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                           "argv": sys.argv[1:], "quick": args.quick, "rounds": args.rounds,
-                           "duration_s": args.duration, "machine": machine_info()}
+    out: dict[str, Any] = {
+        "benchmark": "serve",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "argv": sys.argv[1:],
+        "quick": args.quick,
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "machine": machine_info(),
+    }
     say(f"liveswap serve() benchmark, {out['date']}; machine: {json.dumps(out['machine'])}")
     for phase in phases:
         if phase == "serve":
