@@ -6,10 +6,12 @@ session (its own process group) and stopped by that group id, so nothing else is
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-APP_SOURCE = HERE / "apps" / "bench_app.py"
+APPS_DIR = HERE / "apps"
+APP_SOURCE = APPS_DIR / "bench_app.py"
 RESULTS = HERE / "results"
 BIN = Path(sys.executable).parent  # the venv's bin: liveswap, gunicorn, uvicorn
 HOST = "127.0.0.1"
@@ -129,11 +132,13 @@ def machine_info() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         # Others may be editing the tree while we run: say which source files differ from the commit.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=HERE.parent, capture_output=True,
-                               text=True, timeout=10).stdout.splitlines()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=HERE.parent, capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()
     except OSError:
         commit, dirty = "", []
     return {
@@ -160,6 +165,62 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+# ---- the apps under test ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AppKind:
+    """One benchmark app: its module in apps/ and its ASGI and/or WSGI attribute.
+
+    Every app reads its version at import from ``BENCH_VERSION_FILE`` and answers with it in an
+    ``x-app-version`` header. ``servers`` are the servers the load phase runs it under: ASGI apps
+    under gunicorn's UvicornWorker, WSGI apps under gunicorn's sync and gthread workers and uvicorn's
+    ``--interface wsgi``; liveswap runs both (it detects WSGI and adapts it with a2wsgi).
+    """
+
+    name: str
+    module: str
+    asgi: str | None
+    wsgi: str | None
+    servers: tuple[str, ...]
+    streams: bool = False
+
+    @property
+    def source(self) -> Path:
+        return APPS_DIR / f"{self.module}.py"
+
+    def target(self, server: str) -> str:
+        """``module:attr`` for a server kind: gunicorn's sync and gthread workers take the WSGI
+        callable, gunicorn's UvicornWorker the ASGI one; liveswap and uvicorn the ASGI one if there
+        is one (the existing scenarios), else the WSGI one."""
+        if server in ("gunicorn-sync", "gunicorn-gthread"):
+            attr = self.wsgi
+        elif server == "gunicorn-uvicorn":
+            attr = self.asgi
+        else:
+            attr = self.asgi or self.wsgi
+        if attr is None:
+            raise ValueError(f"app {self.name} cannot run under {server}")
+        return f"{self.module}:{attr}"
+
+    def interface(self, server: str) -> str:
+        """``asgi`` or ``wsgi``: what ``target(server)`` is."""
+        return "asgi" if self.asgi and server not in ("gunicorn-sync", "gunicorn-gthread") else "wsgi"
+
+
+WSGI_SERVERS = ("liveswap", "gunicorn-sync", "gunicorn-gthread", "uvicorn-reload")
+APP_KINDS: dict[str, AppKind] = {
+    # the original scenario: an ASGI app, and its WSGI twin for gunicorn's sync workers
+    "asgi": AppKind(
+        "asgi", "bench_app", "app", "wsgi_app", ("liveswap", "gunicorn-uvicorn", "uvicorn-reload", "gunicorn-sync")
+    ),
+    "wsgi": AppKind("wsgi", "bench_wsgi", None, "app", WSGI_SERVERS),
+    "flask": AppKind("flask", "bench_flask", None, "app", WSGI_SERVERS),
+    "stream-asgi": AppKind(
+        "stream-asgi", "bench_stream", "app", None, ("liveswap", "gunicorn-uvicorn", "uvicorn-reload"), streams=True
+    ),
+    "stream-wsgi": AppKind("stream-wsgi", "bench_stream", None, "wsgi_app", WSGI_SERVERS, streams=True),
+}
+
+
 # ---- HTTP probes ----------------------------------------------------------------------------------
 _VERSION_RE = re.compile(rb"\r\nx-app-version:\s*([^\r]*)\r\n", re.I)
 
@@ -181,8 +242,9 @@ def probe(port: int, timeout: float = 2.0) -> tuple[int, str]:
     return status, (m.group(1).decode() if m else "")
 
 
-def wait_for_version(port: int, version: str | None, deadline: float, interval: float = 0.001,
-                     errors: list[str] | None = None) -> float:
+def wait_for_version(
+    port: int, version: str | None, deadline: float, interval: float = 0.001, errors: list[str] | None = None
+) -> float:
     """Poll with fresh connections every ``interval`` until a 200 carries ``version`` (any version if
     None); returns perf_counter() at that response. Failed probes are appended to ``errors``."""
     while True:
@@ -196,6 +258,124 @@ def wait_for_version(port: int, version: str | None, deadline: float, interval: 
         if time.perf_counter() > deadline:
             raise BenchError(f"port {port}: version {version!r} not served before the deadline")
         time.sleep(interval)
+
+
+@dataclass
+class RaceResult:
+    """What ``race_for_version`` saw: when the new version first answered, and the probes on the way."""
+
+    t_new: float  # perf_counter() when the head of the first 200 carrying the version arrived
+    probes: int = 0  # connections opened
+    old_answers: int = 0  # complete answers from other versions
+    errors: dict[str, int] = field(default_factory=dict)  # failed probes by kind
+    max_open: int = 0  # most probes in flight at once
+
+
+def race_for_version(port: int, version: str, deadline: float, interval: float = 0.0005, limit: int = 8) -> RaceResult:
+    """Open a fresh loopback connection every ``interval`` seconds, whether or not the earlier ones
+    have been answered, each sending one ``GET /`` with ``Connection: close`` as soon as it is
+    connected, until the head of a 200 carrying ``version`` arrives.
+
+    A sequential prober cannot start a probe while the previous one waits in a server's accept
+    queue or behind other requests, so its resolution is the slowest probe's latency; here it is
+    ``interval`` plus one answer. At most ``limit`` probes are in flight: more would only queue up
+    in front of the server's workers and measure the prober's own backlog (a sync worker serves one
+    connection at a time). Probes still in flight at the end are closed unanswered.
+    """
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    sel = selectors.DefaultSelector()
+    bufs: dict[socket.socket, bytearray] = {}
+    res = RaceResult(t_new=0.0)
+
+    def fail(s: socket.socket, kind: str) -> None:
+        res.errors[kind] = res.errors.get(kind, 0) + 1
+        drop(s)
+
+    def drop(s: socket.socket) -> None:
+        with_key = bufs.pop(s, None) is not None
+        if with_key:
+            sel.unregister(s)
+        s.close()
+
+    next_at = time.perf_counter()
+    try:
+        while True:
+            now = time.perf_counter()
+            if now > deadline:
+                raise BenchError(
+                    f"port {port}: version {version!r} not served before the deadline "
+                    f"({res.probes} probes, errors {res.errors})"
+                )
+            if now >= next_at and len(bufs) < limit:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                res.probes += 1
+                err = s.connect_ex((HOST, port))
+                if err in (0, errno.EINPROGRESS):
+                    bufs[s] = bytearray()
+                    res.max_open = max(res.max_open, len(bufs))
+                    try:  # loopback connects at once, as a rule: send now, not a select round later
+                        sent = s.send(request)
+                    except (BlockingIOError, OSError):
+                        sent = -1
+                    if sent == len(request):
+                        sel.register(s, selectors.EVENT_READ, s)
+                    elif sent > 0:
+                        sel.register(s, selectors.EVENT_READ, s)
+                        fail(s, "short write")
+                    else:
+                        sel.register(s, selectors.EVENT_WRITE, s)
+                else:
+                    kind = errno.errorcode.get(err, str(err))
+                    res.errors[kind] = res.errors.get(kind, 0) + 1
+                    s.close()
+                next_at = max(next_at + interval, now)  # no catch-up bursts after a slow select
+            # At the limit, wait for an answer (which frees a slot) instead of spinning.
+            timeout = max(0.0, next_at - time.perf_counter()) if len(bufs) < limit else 0.05
+            for key, events in sel.select(timeout):
+                s = key.data
+                if events & selectors.EVENT_WRITE and key.events == selectors.EVENT_WRITE:
+                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        fail(s, errno.errorcode.get(err, str(err)))
+                        continue
+                    try:
+                        sent = s.send(request)
+                    except OSError as exc:
+                        fail(s, type(exc).__name__)
+                        continue
+                    if sent != len(request):
+                        fail(s, "short write")
+                        continue
+                    sel.modify(s, selectors.EVENT_READ, s)
+                    continue
+                try:
+                    data = s.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    fail(s, type(exc).__name__)
+                    continue
+                buf = bufs[s]
+                if not data:
+                    if buf.startswith(b"HTTP/1.") and b"\r\n\r\n" in buf:
+                        res.old_answers += 1  # an answer from other code, read to its end
+                        drop(s)
+                    else:
+                        fail(s, "closed before response")
+                    continue
+                head_done = b"\r\n\r\n" in buf
+                buf += data
+                if not head_done and b"\r\n\r\n" in buf:
+                    t = time.perf_counter()
+                    m = _VERSION_RE.search(bytes(buf))
+                    if buf.startswith(b"HTTP/1.") and buf[9:12] == b"200" and m and m.group(1).decode() == version:
+                        res.t_new = t
+                        return res
+    finally:
+        for s in list(bufs):
+            drop(s)
+        sel.close()
 
 
 # ---- wrk -------------------------------------------------------------------------------------------
@@ -243,8 +423,9 @@ def parse_wrk(out: str) -> WrkResult:
 WRK_POST = HERE / "wrk_post.lua"
 
 
-def wrk_start(port: int, duration: float, threads: int, conns: int, close: bool = False,
-              post: bool = False) -> subprocess.Popen[str]:
+def wrk_start(
+    port: int, duration: float, threads: int, conns: int, close: bool = False, post: bool = False
+) -> subprocess.Popen[str]:
     """wrk with keep-alive GETs, ``close``: Connection: close, ``post``: keep-alive 1 KiB POSTs."""
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "2s"]
     if close:
@@ -252,8 +433,7 @@ def wrk_start(port: int, duration: float, threads: int, conns: int, close: bool 
     if post:
         argv += ["-s", str(WRK_POST)]
     argv.append(f"http://{HOST}:{port}/")
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def wrk_finish(proc: subprocess.Popen[str], duration: float) -> WrkResult:
@@ -275,7 +455,8 @@ def run_wrk(port: int, duration: float, threads: int = 2, conns: int = 32, close
 class Server:
     """One server process under test, with its own app directory, version file and log file.
 
-    kind: liveswap | gunicorn-uvicorn | gunicorn-sync | uvicorn-reload | uvicorn
+    kind: liveswap | gunicorn-uvicorn | gunicorn-sync | gunicorn-gthread | uvicorn-reload | uvicorn
+    app: a key of APP_KINDS (default ``asgi``: bench_app, as before)
     """
 
     kind: str
@@ -286,6 +467,8 @@ class Server:
     version: int = 0
     name: str = ""
     extra_args: list[str] = field(default_factory=list)
+    app: str = "asgi"
+    gthread_threads: int = 4
 
     def __post_init__(self) -> None:
         os.chmod(self.tmp, 0o700)
@@ -294,8 +477,10 @@ class Server:
         self.runtime = self.tmp / "run"  # XDG_RUNTIME_DIR for liveswap's control socket
         self.runtime.mkdir(mode=0o700)
         self.version_file = self.app_dir / "VERSION"
-        self.app_file = self.app_dir / "bench_app.py"
-        shutil.copyfile(APP_SOURCE, self.app_file)
+        self.app_kind = APP_KINDS[self.app]
+        self.app_source = self.app_kind.source
+        self.app_file = self.app_dir / self.app_source.name
+        shutil.copyfile(self.app_source, self.app_file)
         self.log_path = self.tmp / "server.log"
         self.name = self.name or f"bench-{os.getpid()}-{self.tmp.name[-6:]}"
         self.set_version(1)
@@ -309,7 +494,7 @@ class Server:
 
     def touch_app(self) -> None:
         """Rewrite the app file (new content, so any watcher sees a real change)."""
-        source = APP_SOURCE.read_text() + f"# bench version {self.version}\n"
+        source = self.app_source.read_text() + f"# bench version {self.version}\n"
         self.app_file.write_text(source)
 
     # -- process --
@@ -329,23 +514,112 @@ class Server:
     def _argv(self) -> list[str]:
         addr = f"{HOST}:{self.port}"
         w = str(self.workers)
+        target = self.app_kind.target(self.kind)
         if self.kind == "liveswap":
-            return [str(BIN / "liveswap"), "run", "bench_app:app", "--bind", addr, "--workers", w,
-                    "--name", self.name, "--app-dir", str(self.app_dir)]
+            return [
+                str(BIN / "liveswap"),
+                "run",
+                target,
+                "--bind",
+                addr,
+                "--workers",
+                w,
+                "--name",
+                self.name,
+                "--app-dir",
+                str(self.app_dir),
+            ]
         if self.kind == "gunicorn-uvicorn":
-            return [str(BIN / "gunicorn"), "bench_app:app", "-k", "uvicorn.workers.UvicornWorker", "-w", w,
-                    "-b", addr, "--chdir", str(self.app_dir), "--log-level", "info"]
+            return [
+                str(BIN / "gunicorn"),
+                target,
+                "-k",
+                "uvicorn.workers.UvicornWorker",
+                "-w",
+                w,
+                "-b",
+                addr,
+                "--chdir",
+                str(self.app_dir),
+                "--log-level",
+                "info",
+            ]
         if self.kind == "gunicorn-sync":
-            return [str(BIN / "gunicorn"), "bench_app:wsgi_app", "-k", "sync", "-w", w, "-b", addr,
-                    "--chdir", str(self.app_dir), "--log-level", "info"]
+            return [
+                str(BIN / "gunicorn"),
+                target,
+                "-k",
+                "sync",
+                "-w",
+                w,
+                "-b",
+                addr,
+                "--chdir",
+                str(self.app_dir),
+                "--log-level",
+                "info",
+            ]
+        if self.kind == "gunicorn-gthread":
+            return [
+                str(BIN / "gunicorn"),
+                target,
+                "-k",
+                "gthread",
+                "--threads",
+                str(self.gthread_threads),
+                "-w",
+                w,
+                "-b",
+                addr,
+                "--chdir",
+                str(self.app_dir),
+                "--log-level",
+                "info",
+            ]
+        interface = ["--interface", "wsgi"] if self.app_kind.interface(self.kind) == "wsgi" else []
         if self.kind == "uvicorn-reload":
-            return [str(BIN / "uvicorn"), "bench_app:app", "--host", HOST, "--port", str(self.port),
-                    "--app-dir", str(self.app_dir), "--reload", "--reload-dir", str(self.app_dir),
-                    "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "info"]
+            return [
+                str(BIN / "uvicorn"),
+                target,
+                *interface,
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--app-dir",
+                str(self.app_dir),
+                "--reload",
+                "--reload-dir",
+                str(self.app_dir),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "info",
+            ]
         if self.kind == "uvicorn":
-            return [str(BIN / "uvicorn"), "bench_app:app", "--host", HOST, "--port", str(self.port),
-                    "--app-dir", str(self.app_dir), "--workers", w, "--loop", "uvloop", "--http", "httptools",
-                    "--no-access-log", "--log-level", "warning"]
+            return [
+                str(BIN / "uvicorn"),
+                target,
+                *interface,
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--app-dir",
+                str(self.app_dir),
+                "--workers",
+                w,
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ]
         raise ValueError(self.kind)
 
     def start(self, deadline_s: float = 60.0) -> float:
@@ -353,8 +627,15 @@ class Server:
         self.port = free_port()
         log = open(self.log_path, "ab")
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(self.argv(), env=self.env(), cwd=self.app_dir, stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv(),
+            env=self.env(),
+            cwd=self.app_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         log.close()
         try:
             t1 = self._wait_up(time.perf_counter() + deadline_s)
@@ -441,8 +722,13 @@ class Server:
             os.kill(self.pid, signal.SIGHUP)
 
     def liveswap_cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "liveswap"), *args, "--name", self.name], env=self.env(),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "liveswap"), *args, "--name", self.name],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def liveswap_status(self) -> dict[str, Any]:
         r = self.liveswap_cli("status", "--json", timeout=30)
