@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["FAILURE_CLASSES", "MODES", "Example", "LoadClient", "Result"]
+__all__ = ["FAILURE_CLASSES", "MODES", "Connection", "Example", "LoadClient", "RequestFailed", "Response", "Result"]
 
 MODES = ("keepalive", "close", "post")
 FAILURE_CLASSES = ("refused", "reset", "closed_before_response", "http_5xx", "timeout", "bad_response", "other")
@@ -113,12 +113,40 @@ class _PeerClosed(Exception):
     """Clean EOF from the peer."""
 
 
+def _classify(exc: Exception, phase: str, timeout: float) -> tuple[str, str]:
+    """The failure class and a description of an exception raised while connecting, sending or reading."""
+    if isinstance(exc, _Failure):
+        return exc.kind, str(exc)
+    if isinstance(exc, _PeerClosed):
+        return "closed_before_response", "clean EOF from the server"
+    if isinstance(exc, TimeoutError):
+        return "timeout", f"no complete response within {timeout}s ({exc or 'socket timeout'})"
+    if isinstance(exc, OSError):
+        code = exc.errno or 0
+        if code in _REFUSED_ERRNOS and phase == "connect":
+            kind = "refused"
+        elif code in _RESET_ERRNOS:
+            kind = "reset"
+        elif code == errno.ETIMEDOUT:
+            kind = "timeout"
+        else:
+            kind = "other"
+        return kind, f"{errno.errorcode.get(code, str(code))}: {exc.strerror or exc}"
+    return "other", f"{type(exc).__name__}: {exc}"
+
+
 @dataclass
-class _Response:
+class Response:
+    """One complete response. ``keep_alive`` is False when the server said (or framed by) close."""
+
     status: int
     headers: dict[str, str]
     body: bytes
     keep_alive: bool
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
 
 
 class _Reader:
@@ -169,7 +197,7 @@ class _Reader:
         self.buf.clear()
         return out
 
-    def response(self, method: str) -> _Response:
+    def response(self, method: str) -> Response:
         while True:
             status, version, headers = self._head()
             if not (100 <= status < 200) or status == 101:
@@ -193,7 +221,7 @@ class _Reader:
             body = self.exact(int(values.pop()))
         else:
             body, keep_alive = self.until_close(), False
-        return _Response(status, headers, body, keep_alive)
+        return Response(status, headers, body, keep_alive)
 
     def _head(self) -> tuple[int, str, dict[str, str]]:
         status_line = self.line()
@@ -240,7 +268,7 @@ class _Stats:
         self.running = 0  # slot threads not yet finished
         self.finished_at: float | None = None
 
-    def record(self, kind: str | None, message: str, resp: _Response | None, latency: float) -> None:
+    def record(self, kind: str | None, message: str, resp: Response | None, latency: float) -> None:
         with self.cond:
             res = self.res
             res.total += 1
@@ -296,6 +324,12 @@ class LoadClient:
     a ``len=<n>`` / ``sha256=<hex>`` in the response body is checked against what was sent).
     ``timeout`` bounds each attempt (connect + send + complete response). ``max_requests``
     bounds the total number of attempts. ``pause`` is a think time between requests per slot.
+
+    ``pipeline=N`` (keepalive and post modes): each slot writes N requests at once and then reads
+    the N responses; each request is counted on its own. A request left unanswered counts as a
+    failure too, even after a response that said ``Connection: close``: RFC 9112 lets a client
+    retry it, but this client retries nothing, and liveswap promises to answer every request it
+    has read.
     """
 
     def __init__(
@@ -312,6 +346,7 @@ class LoadClient:
         post_size: tuple[int, int] = (1024, 8192),
         pause: float = 0.0,
         start_timeout: float | None = None,
+        pipeline: int = 1,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -323,6 +358,9 @@ class LoadClient:
             raise ValueError(f"max_requests must be >= 0 or None, got {max_requests}")
         if not 0 < post_size[0] <= post_size[1]:
             raise ValueError(f"post_size must be (min, max) with 0 < min <= max, got {post_size}")
+        if pipeline < 1 or (pipeline > 1 and mode == "close"):
+            raise ValueError(f"pipeline must be >= 1 (and 1 in close mode), got {pipeline} in {mode} mode")
+        self.pipeline = pipeline
         self.mode, self.concurrency, self.timeout, self.path = mode, concurrency, timeout, path
         self.max_requests, self.unix_path, self.post_size, self.pause = max_requests, unix_path, post_size, pause
         self.start_timeout = start_timeout if start_timeout is not None else timeout + 5.0
@@ -415,12 +453,19 @@ class LoadClient:
 
     # -- slots ------------------------------------------------------------------------------
 
-    def _claim(self) -> bool:
+    def _claim(self, n: int = 1) -> int:
+        """Claim up to ``n`` attempts from the ``max_requests`` budget; return how many were granted."""
         with self._stats.cond:
-            if self.max_requests is not None and self._issued >= self.max_requests:
-                return False
-            self._issued += 1
-            return True
+            if self.max_requests is not None:
+                n = min(n, self.max_requests - self._issued)
+            if n <= 0:
+                return 0
+            self._issued += n
+            return n
+
+    def _unclaim(self, n: int) -> None:
+        with self._stats.cond:
+            self._issued -= n
 
     def _mark_ready(self) -> None:
         with self._stats.cond:
@@ -431,8 +476,11 @@ class LoadClient:
         st = _Slot(slot)
         ready = False
         try:
-            while not self._stop.is_set() and self._claim():
-                self._attempt(st)
+            while not self._stop.is_set() and (n := self._claim(self.pipeline)):
+                if self.pipeline == 1:
+                    self._attempt(st)
+                else:
+                    self._attempt_pipelined(st, n)
                 if not ready:
                     ready = True
                     self._mark_ready()
@@ -458,11 +506,7 @@ class LoadClient:
         phase, sent, reader, resp = "connect", False, None, None
         kind: str | None = None
         message = ""
-        body = b""
-        head = self._head + f"X-Request-Id: {rid}\r\n"
-        if self.mode == "post":
-            body = os.urandom(st.rng.randint(*self.post_size))
-            head += f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
+        wire, body = self._request(st, rid)
         try:
             if st.sock is None:
                 st.sock, st.nreq = self._connect(deadline), 0
@@ -471,30 +515,15 @@ class LoadClient:
             st.nreq += 1
             phase = "send"
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(head.encode("latin-1") + b"\r\n" + body, _SEND_FLAGS)
+            sock.sendall(wire, _SEND_FLAGS)
             sent, phase = True, "response"
             reader = _Reader(sock, deadline)
             resp = reader.response("POST" if self.mode == "post" else "GET")
             kind, message = self._check(resp, body)
             if reader.buf:
                 kind, message = "bad_response", f"{len(reader.buf)} unexpected bytes after the response"
-        except _Failure as e:
-            kind, message = e.kind, str(e)
-        except _PeerClosed:
-            kind, message = "closed_before_response", "clean EOF from the server"
-        except TimeoutError as e:
-            kind, message = "timeout", f"no complete response within {self.timeout}s ({e or 'socket timeout'})"
-        except OSError as e:
-            code = e.errno or 0
-            if code in _REFUSED_ERRNOS and phase == "connect":
-                kind = "refused"
-            elif code in _RESET_ERRNOS:
-                kind = "reset"
-            elif code == errno.ETIMEDOUT:
-                kind = "timeout"
-            else:
-                kind = "other"
-            message = f"{errno.errorcode.get(code, str(code))}: {e.strerror or e}"
+        except (_Failure, _PeerClosed, OSError) as e:  # OSError includes TimeoutError
+            kind, message = _classify(e, phase, self.timeout)
         latency = time.monotonic() - t0
         if kind is not None:
             got = reader.received if reader is not None else 0
@@ -507,6 +536,77 @@ class LoadClient:
         if kind is not None or resp is None or not resp.keep_alive or self.mode == "close":
             st.close()
         self._stats.record(kind, message, resp, latency)
+
+    def _request(self, st: _Slot, rid: str) -> tuple[bytes, bytes]:
+        """The bytes of one request on the wire, and its body (random bytes in post mode)."""
+        body = b""
+        head = self._head + f"X-Request-Id: {rid}\r\n"
+        if self.mode == "post":
+            body = os.urandom(st.rng.randint(*self.post_size))
+            head += f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
+        return head.encode("latin-1") + b"\r\n" + body, body
+
+    def _attempt_pipelined(self, st: _Slot, n: int) -> None:
+        """``n`` requests in one write, then ``n`` responses; every request recorded exactly once."""
+        t0 = time.monotonic()
+        deadline = t0 + self.timeout
+        st.seq += 1
+        rids = [f"s{st.slot}-{st.seq}.{j}" for j in range(n)]
+        if st.sock is not None and not self._idle_ok(st, rids[0]):
+            self._unclaim(n - 1)  # only the first was counted (as a failure); the others were never sent
+            return
+        requests = [self._request(st, rid) for rid in rids]
+        method = "POST" if self.mode == "post" else "GET"
+        phase, sent, reader = "connect", False, None
+        answered = 0  # responses read so far
+        lost_kind, lost_message = "", ""  # why the requests after the answered ones got no response
+        failed = False
+        first_nreq = 0
+        try:
+            if st.sock is None:
+                st.sock, st.nreq = self._connect(deadline), 0
+                self._stats.bump("connections")
+            sock = st.sock
+            first_nreq = st.nreq + 1
+            st.nreq += n
+            phase = "send"
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.sendall(b"".join(wire for wire, _ in requests), _SEND_FLAGS)
+            sent, phase = True, "response"
+            reader = _Reader(sock, deadline)
+            for j, (_, body) in enumerate(requests):
+                resp = reader.response(method)
+                kind, message = self._check(resp, body)
+                if kind is None and j == n - 1 and reader.buf:
+                    kind, message = "bad_response", f"{len(reader.buf)} unexpected bytes after the response"
+                answered += 1
+                latency = time.monotonic() - t0
+                if kind is not None:
+                    message = (
+                        f"{rids[j]} {message} [pipelined {j + 1} of {n}, bytes received={reader.received}, "
+                        f"latency={latency * 1000:.0f}ms, request #{first_nreq + j} on its connection]"
+                    )
+                if not resp.keep_alive:
+                    self._stats.bump("server_closes")
+                self._stats.record(kind, message, resp, latency)
+                failed = failed or kind is not None
+                if not resp.keep_alive:  # a complete response, then the server closes
+                    lost_kind = "closed_before_response"
+                    lost_message = f"unanswered: the server closed after {rids[j]} (Connection: close)"
+                    break
+        except (_Failure, _PeerClosed, OSError) as e:  # OSError includes TimeoutError
+            lost_kind, lost_message = _classify(e, phase, self.timeout)
+        latency = time.monotonic() - t0
+        got = reader.received if reader is not None else 0
+        for j in range(answered, n):
+            where = f"pipelined {j + 1} of {n}, request #{first_nreq + j} on its connection"
+            message = (
+                f"{rids[j]} {lost_message} [phase={phase}, request sent={sent}, {where}, "
+                f"bytes received={got}, latency={latency * 1000:.0f}ms]"
+            )
+            self._stats.record(lost_kind, message, None, latency)
+        if failed or answered < n or lost_kind:
+            st.close()
 
     def _idle_ok(self, st: _Slot, rid: str) -> bool:
         """Before reusing a kept-alive connection, check the server has not closed it meanwhile.
@@ -549,7 +649,7 @@ class LoadClient:
             raise
         return sock
 
-    def _check(self, resp: _Response, sent_body: bytes) -> tuple[str | None, str]:
+    def _check(self, resp: Response, sent_body: bytes) -> tuple[str | None, str]:
         if resp.status >= 500:
             return "http_5xx", f"HTTP {resp.status}: {resp.body[:120]!r}"
         if resp.status >= 400:
@@ -584,3 +684,94 @@ class _Slot:
             self.sock.close()
             self.sock = None
         self.nreq = 0
+
+
+class RequestFailed(Exception):
+    """A request on a ``Connection`` failed; ``kind`` is one of ``FAILURE_CLASSES``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+class Connection:
+    """One raw HTTP/1.1 client connection, for tests that need to control the wire: several requests
+    on one kept-alive connection, pipelined requests, long streams.
+
+    It uses the load client's parser and failure classes, retries nothing, and every blocking call
+    has a deadline. Failures raise ``RequestFailed`` (``closed_before_response`` for a clean EOF
+    where a response was due, ``reset``, ``timeout``, ``bad_response``, ...).
+
+        with Connection(host, port) as conn:
+            conn.send(conn.request("/stream?n=10") + conn.request("/"))  # pipelined
+            stream, after = conn.read_response(), conn.read_response()
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8000, *, timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        self.host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.settimeout(timeout)
+            self.sock.connect(sockaddr)
+        except OSError as e:
+            self.sock.close()
+            raise RequestFailed(*_classify(e, "connect", timeout)) from None
+        self._reader = _Reader(self.sock, 0.0)  # one buffer for every response: pipelined bytes stay in it
+
+    def request(
+        self, path: str = "/", method: str = "GET", headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> bytes:
+        """The bytes of one HTTP/1.1 request (keep-alive unless ``headers`` say otherwise)."""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}", "User-Agent: liveswap-loadclient"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if body or method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.settimeout(self.timeout)
+            self.sock.sendall(data, _SEND_FLAGS)
+        except OSError as e:
+            raise RequestFailed(*_classify(e, "send", self.timeout)) from None
+
+    def read_response(self, method: str = "GET", timeout: float | None = None) -> Response:
+        """Read the next complete response (waiting at most ``timeout``, default the connection's)."""
+        reader = self._reader
+        reader.deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        before = reader.received
+        try:
+            return reader.response(method)
+        except (_Failure, _PeerClosed, OSError) as e:  # OSError includes TimeoutError
+            kind, message = _classify(e, "response", self.timeout if timeout is None else timeout)
+            raise RequestFailed(
+                kind, f"{message} [bytes received for this response={reader.received - before}]"
+            ) from None
+
+    def get(self, path: str = "/", headers: dict[str, str] | None = None, timeout: float | None = None) -> Response:
+        """Send one GET and read its response."""
+        self.send(self.request(path, "GET", headers))
+        return self.read_response("GET", timeout)
+
+    def received(self) -> bytes:
+        """The bytes received but not yet parsed as a response, without waiting (a peek: nothing is consumed)."""
+        self.sock.settimeout(0.0)  # with a timeout set, Python would first wait for readability
+        try:
+            pending = self.sock.recv(1 << 20, socket.MSG_PEEK)
+        except BlockingIOError:
+            pending = b""
+        except OSError:
+            pending = b""  # reset: the next read reports it
+        return bytes(self._reader.buf) + pending
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
