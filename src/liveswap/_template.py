@@ -23,7 +23,6 @@ so when the service stops, the workers are the last holders and answer what is q
 from __future__ import annotations
 
 import array
-import ctypes
 import gc
 import importlib
 import json
@@ -35,36 +34,9 @@ import sys
 import time
 from typing import Any
 
+from liveswap._os import adopted_by, die_with_parent
+
 MAX_FDS = 2 + 64  # control, health and up to 64 listening sockets per spawn request
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-
-_libc: Any = None
-
-
-def prctl(option: int, value: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-
-
-def adopted_by(parent: int, timeout: float = 5.0) -> None:
-    """Wait until ``parent`` is our parent (we were forked by a process that exits), then die with it."""
-    deadline = time.monotonic() + timeout
-    while os.getppid() != parent:
-        if time.monotonic() > deadline:
-            os._exit(4)
-        time.sleep(0.0002)
-    die_with_parent(parent)
-
-
-def die_with_parent(parent: int) -> None:
-    """SIGKILL us when ``parent`` dies (checked again after setting it: it may already be gone)."""
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(4)
 
 
 def _fingerprint() -> dict[str, tuple[int, int]]:

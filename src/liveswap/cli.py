@@ -15,11 +15,10 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
+from ._os import EXIT_ERROR, EXIT_USAGE
 from .config import OPTIONS, Option, load_settings, option, parse_duration
 from .errors import AppLoadError, ConfigError, LiveswapError, ReloadFailed
 
-EXIT_ERROR = 1  # a runtime failure: cannot bind, no instance, a reload rolled back, a stop that timed out
-EXIT_USAGE = 2  # a bad option value or APP, before anything started (click uses 2 for unknown flags too)
 WAIT_INTERVAL = 0.02  # how often `liveswap stop` looks for the instance's exit when it cannot be told (no pidfd)
 
 

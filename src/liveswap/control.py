@@ -14,20 +14,19 @@ import logging
 import os
 import socket
 import stat
-import struct
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._os import peer_credentials
 from .errors import ControlError, NoInstanceError
 
 __all__ = ["COMMANDS", "ControlServer", "Exchange", "exchange", "request", "runtime_dir", "socket_path"]
 
 COMMANDS = ("reload", "stop", "status")
 MAX_REQUEST = 64 * 1024
-_UCRED = struct.Struct("3i")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -69,12 +68,6 @@ def socket_path(name: str) -> Path:
     return runtime_dir() / f"{name}.sock"
 
 
-def _peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    _pid, uid, _gid = _UCRED.unpack(creds)
-    return int(uid)
-
-
 class ControlServer:
     """Serves control requests; ``handler`` gets the parsed request and returns the reply."""
 
@@ -111,7 +104,7 @@ class ControlServer:
             self._serving.add(task)
         try:
             sock = writer.get_extra_info("socket")
-            if _peer_uid(sock) != os.getuid():
+            if peer_credentials(sock).uid != os.getuid():
                 reply: dict[str, Any] = {"ok": False, "error": "permission denied: peer has another uid"}
             else:
                 reply = await self._answer(reader)
@@ -230,8 +223,7 @@ def exchange(cmd: str, name: str | None = None, timeout: float = 120.0, **args: 
                 hint="it has exited; start it again with `liveswap run`",
             ) from None
         # The credentials of the process that listens: the supervisor, with its pid in our namespace.
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        peer_pid = int(_UCRED.unpack(creds)[0])
+        peer_pid = peer_credentials(sock).pid
         sock.sendall((json.dumps({"cmd": cmd, **args}) + "\n").encode())
         data = b""
         while not data.endswith(b"\n"):

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import time
 from collections.abc import Mapping
 
-__all__ = ["Notifier", "NotifyReceiver", "notify", "parse_message"]
+from ._os import UCRED_SIZE, ucred_from_ancillary
 
-_UCRED = struct.Struct("3i")
+__all__ = ["Notifier", "NotifyReceiver", "notify", "parse_message"]
 
 
 def _address(name: str) -> str | bytes:
@@ -84,13 +83,11 @@ class NotifyReceiver:
         out: list[tuple[int, dict[str, str]]] = []
         while True:
             try:
-                data, ancdata, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(_UCRED.size))
+                data, ancdata, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(UCRED_SIZE))
             except (BlockingIOError, InterruptedError):
                 return out
-            pid = 0
-            for level, kind, cdata in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    pid, _uid, _gid = _UCRED.unpack(cdata[: _UCRED.size])
+            creds = ucred_from_ancillary(ancdata)
+            pid = creds.pid if creds is not None else 0
             out.append((pid, parse_message(data)))
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import _template
+from ._os import EXIT_BOOT_ERROR, EXIT_OK, become_subreaper, exit_text, process_state
 from ._spawner import Spawner
 from .config import Settings
 from .control import ControlServer
@@ -28,26 +28,15 @@ from .sockets import Listener, close_all, describe
 if TYPE_CHECKING:
     from .debug.supervisor_proxy import DebugHub
 
-__all__ = ["EXIT_BOOT_ERROR", "EXIT_OK", "Supervisor"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger("liveswap.supervisor")
 
-EXIT_OK = 0
-EXIT_BOOT_ERROR = 3
 STABLE_AFTER = 10.0  # a worker up this long resets its slot's crash count
 ACK_TIMEOUT = 5.0
 STALE_BEATS = 3  # this many heartbeat intervals without one: the reload does not wait for the worker
 HUNG_DUMP_TIMEOUT = 2.0  # how long a hung worker gets to write its stacks and die of SIGABRT
 STOPPING = "the instance is stopping (SIGTERM, SIGINT or liveswap stop); the reload was abandoned"
-
-
-def _exit_text(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 def health_host(listeners: list[Listener]) -> str:
@@ -62,16 +51,6 @@ def health_host(listeners: list[Listener]) -> str:
                 host = f"[{host}]"
             return f"{host}:{port}"
     return "localhost"
-
-
-def _stopped_by_signal(pid: int) -> bool:
-    """True if ``pid`` is in the stopped state (SIGSTOP, SIGTSTP), as /proc/PID/stat says."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"T"
 
 
 class Supervisor:
@@ -131,7 +110,7 @@ class Supervisor:
                 self.settings.debug_bind, name=self.name, status=self.status, token=self.settings.debug_token or None
             )
         self._stopped = loop.create_future()
-        _template.prctl(_template.PR_SET_CHILD_SUBREAPER, 1)
+        become_subreaper()
         for sig, event in (
             (signal.SIGHUP, "reload"),
             (signal.SIGTERM, "stop"),
@@ -220,9 +199,7 @@ class Supervisor:
             code = os.waitstatus_to_exitcode(status)
             if self.spawner.exited(pid):
                 if not self.stopping:
-                    log.warning(
-                        "template pid %d exited (%s); a new one starts on the next spawn", pid, _exit_text(code)
-                    )
+                    log.warning("template pid %d exited (%s); a new one starts on the next spawn", pid, exit_text(code))
                 continue
             worker = self.by_pid.get(pid)
             if worker is None:
@@ -255,18 +232,18 @@ class Supervisor:
         if self.debug is not None:  # --debug-bind: a killed worker leaves its debug socket behind
             self.debug.worker_exited(worker.pid)
         if prev is WorkerState.HUNG:
-            log.info("hung %s ended (%s)", worker.describe(), _exit_text(code))
+            log.info("hung %s ended (%s)", worker.describe(), exit_text(code))
         elif prev is WorkerState.DRAINING or worker.expected_exit:
             log.info(
                 "%s exited (%s) after %.2f s draining",
                 worker.describe(),
-                _exit_text(code),
+                exit_text(code),
                 time.monotonic() - worker.live_at if worker.live_at else 0.0,
             )
         elif prev in (WorkerState.BOOTING, WorkerState.READY, WorkerState.HUNG):
             pass  # the boot coroutine, or the hung worker's replacement, reports it
         elif prev is WorkerState.LIVE and gen is self.live and not self.stopping:
-            log.error("%s exited unexpectedly (%s)", worker.describe(), _exit_text(code))
+            log.error("%s exited unexpectedly (%s)", worker.describe(), exit_text(code))
             self._schedule_restart(gen, worker)
         if gen.state is GenState.DRAINING and not gen.alive():
             gen.state = GenState.GONE
@@ -352,7 +329,7 @@ class Supervisor:
             await asyncio.wait([reading], timeout=1.0)
             if worker.boot_error:
                 raise BootFailed(*worker.boot_error)
-            raise BootFailed(f"{worker.describe()} exited before it was ready ({_exit_text(worker.exited.result())})")
+            raise BootFailed(f"{worker.describe()} exited before it was ready ({exit_text(worker.exited.result())})")
         raise TimeoutError
 
     async def _health_check(self, worker: Worker) -> int:
@@ -624,7 +601,7 @@ class Supervisor:
                     replaced = True
                 else:
                     self._drain_worker(worker)
-        if _stopped_by_signal(hung.pid):
+        if process_state(hung.pid) == "T":
             # SIGSTOP (a person, a freezer): nothing is stuck, so resume it and let it drain; its
             # in-flight requests complete instead of dying with it.
             log.warning("%s was stopped by a signal; resuming it (SIGCONT) to drain", hung.describe())

@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import notify
 from .._log import setup_logging
+from .._os import EXIT_BOOT_ERROR, EXIT_OK, EXIT_ORPHANED, adopted_by
 from ..config import Settings
 from ..errors import AppLoadError
 from ..generation import beat_interval
@@ -30,13 +31,9 @@ from ..sockets import adopt_fds
 from .app import app_traceback, load_app
 from .server import StartupFailed, WorkerServer, new_event_loop
 
-__all__ = ["EXIT_BOOT_ERROR", "main"]
+__all__ = ["main"]
 
 log = logging.getLogger("liveswap.worker")
-
-EXIT_OK = 0
-EXIT_BOOT_ERROR = 3
-EXIT_ORPHANED = 4
 
 
 def _send(control: socket.socket, **message: Any) -> None:
@@ -161,8 +158,6 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTERM, terminate)
     supervisor = os.environ.pop("LIVESWAP_SUPERVISOR_PID", "")
     if supervisor:  # forked by the template: make sure we die with the supervisor before we serve
-        from .._template import adopted_by
-
         adopted_by(int(supervisor))
     notify.notify(READY=1, STATUS=f"{kind} app {settings.app} started")
     t0, import_ms = timing
