@@ -139,7 +139,7 @@ def test_profile_through_the_proxy(liveswap: MakeInstance) -> None:
     assert r.status_code == 200, r.text
     lines = r.text.strip().splitlines()
     assert lines and all(re.fullmatch(r"\S.* \d+", line) for line in lines), r.text
-    assert any("liveswap.worker.supervised:main" in line for line in lines)
+    assert any("liveswap.worker.main:main" in line for line in lines)
     bad = httpx.get(f"{debug}/workers/{pid}/profile?seconds=999", timeout=30)
     assert bad.status_code == 400 and "hint:" in bad.text  # the worker's own answer, passed on
 

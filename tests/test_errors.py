@@ -26,7 +26,7 @@ from conftest import APPS, Instance, MakeInstance
 from liveswap import serve
 from liveswap.cli import _alive, _wait_exit
 from liveswap.errors import AppLoadError, ConfigError
-from liveswap.worker.app import app_traceback, check_app, import_app, load_app
+from liveswap.http.app import app_traceback, check_app, import_app, load_app
 
 pytestmark = pytest.mark.timeout(90)
 

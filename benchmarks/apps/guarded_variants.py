@@ -14,7 +14,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from liveswap.worker.protocol import GuardedHttpToolsProtocol, Limits
+from liveswap.http.protocol import GuardedHttpToolsProtocol, Limits
 
 _DEFAULT = Limits(header_timeout=10.0, max_header_bytes=65536, idle_grace=1.0)
 

@@ -20,9 +20,9 @@ from ._log import setup_logging
 from .config import option
 from .errors import ConfigError
 from .group import Group
+from .http.app import detect_interface, load_app
+from .http.server import StartupFailed, WorkerServer, new_event_loop
 from .sockets import Listener, bind_all, close_all, describe, inherit_listen_fds
-from .worker.app import detect_interface, load_app
-from .worker.server import StartupFailed, WorkerServer, new_event_loop
 
 __all__ = ["serve"]
 

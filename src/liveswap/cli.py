@@ -72,9 +72,9 @@ def run(app: str, **options: Any) -> None:
     Reload with `liveswap reload` or `kill -HUP <pid>`; stop with Ctrl-C, SIGTERM or `liveswap stop`.
     """
     from ._log import setup_logging
+    from .http.app import check_app
     from .sockets import bind_all, inherit_listen_fds
     from .supervisor import Supervisor
-    from .worker.app import check_app
 
     try:
         settings = load_settings(app, options)

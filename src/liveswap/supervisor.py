@@ -18,12 +18,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ._os import EXIT_BOOT_ERROR, EXIT_OK, become_subreaper, exit_text, process_state
-from ._spawner import Spawner
 from .config import Settings
 from .control import ControlServer
 from .generation import BootFailed, Generation, GenState, Worker, WorkerState, beat_interval
 from .notify import Notifier, NotifyReceiver
 from .sockets import Listener, close_all, describe
+from .template.spawner import Spawner
 
 if TYPE_CHECKING:
     from .debug.supervisor_proxy import DebugHub

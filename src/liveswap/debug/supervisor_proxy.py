@@ -1,7 +1,7 @@
 """The debug port of ``liveswap run``: served by the supervisor, for every worker.
 
 Workers cannot all bind one port, so each serves its own debug endpoints on a private unix socket
-(``<runtime dir>/<name>.debug/<pid>.sock``, see ``worker/supervised.py``) and the supervisor
+(``<runtime dir>/<name>.debug/<pid>.sock``, see ``worker/main.py``) and the supervisor
 serves the public one:
 
     /                         index: the generations and their workers, with links

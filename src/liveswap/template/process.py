@@ -121,7 +121,7 @@ def _become_worker(chan: socket.socket | None, supervisor: int, request: dict[st
         os.environ["LIVESWAP_LISTEN_FDS"] = ",".join(map(str, listen_fds))
         os.environ["LIVESWAP_CONTROL_FD"] = str(control_fd)
         os.environ["LIVESWAP_HEALTH_FD"] = str(health_fd)
-        from liveswap.worker.supervised import main
+        from liveswap.worker.main import main
 
         code = main()
     except SystemExit as exc:
@@ -208,8 +208,8 @@ def main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     started = time.perf_counter()
     # Everything a worker needs before it imports the app; never the app itself.
-    import liveswap.worker.supervised  # noqa: F401
-    from liveswap.worker.server import warm_up
+    import liveswap.worker.main  # noqa: F401
+    from liveswap.http.server import warm_up
 
     warm_up()
 

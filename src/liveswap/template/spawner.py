@@ -1,4 +1,4 @@
-"""The supervisor's side of the template process (see ``_template.py``): start it, ask it to fork."""
+"""The supervisor's side of the template process (see ``process.py``): start it, ask it to fork."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .sockets import SD_LISTEN_FDS_START
+from ..sockets import SD_LISTEN_FDS_START
 
 __all__ = ["Spawner", "TemplateGone"]
 
@@ -59,7 +59,7 @@ class Spawner:
         )
         try:
             self.pid = os.posix_spawn(
-                sys.executable, [sys.executable, "-m", "liveswap._template"], env, file_actions=actions
+                sys.executable, [sys.executable, "-m", "liveswap.template.process"], env, file_actions=actions
             )
         finally:
             for fd in sources:

@@ -27,9 +27,9 @@ from .._os import EXIT_BOOT_ERROR, EXIT_OK, EXIT_ORPHANED, adopted_by
 from ..config import Settings
 from ..errors import AppLoadError
 from ..generation import beat_interval
+from ..http.app import app_traceback, load_app
+from ..http.server import StartupFailed, WorkerServer, new_event_loop
 from ..sockets import adopt_fds
-from .app import app_traceback, load_app
-from .server import StartupFailed, WorkerServer, new_event_loop
 
 __all__ = ["main"]
 
