@@ -154,8 +154,47 @@ def machine_info() -> dict[str, Any]:
         "wrk": (wrk.stdout + wrk.stderr).splitlines()[0].strip() if (wrk.stdout + wrk.stderr) else "?",
         "git_commit": commit,
         "git_uncommitted_src": [line.strip() for line in dirty],
+        # What the servers import: the working tree's src (the editable install), or a snapshot
+        # (--snapshot, see snapshot_src), in which case git_uncommitted_src does not apply.
+        "liveswap_imported_from": imported_from(),
+        "liveswap_snapshot_of": os.environ.get("LIVESWAP_BENCH_SNAPSHOT", ""),
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
     }
+
+
+def imported_from() -> str:
+    """Where a fresh interpreter with our environment imports liveswap from (as the servers do)."""
+    r = subprocess.run(
+        [sys.executable, "-c", "import liveswap; print(liveswap.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return r.stdout.strip() or f"? ({r.stderr.strip().splitlines()[-1:]})"
+
+
+def snapshot_src(commit: str) -> Path:
+    """Export ``src/`` at ``commit`` (``git archive``: reads the repository, touches neither the
+    working tree nor the index) to a temp dir and put it first on PYTHONPATH, for this process's
+    children: every server then runs that commit's liveswap, whatever others are editing in the
+    working tree meanwhile (a supervisor that imports a module renamed under it fails). Returns the
+    snapshot's root, which the caller removes."""
+    full = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{commit}^{{commit}}"],
+        cwd=HERE.parent,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    root = Path(tempfile.mkdtemp(prefix=f"liveswap-src-{full[:8]}-"))
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", full, "src"], cwd=HERE.parent, capture_output=True, timeout=60, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True, timeout=60)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root / "src"), os.environ.get("PYTHONPATH")]))
+    os.environ["LIVESWAP_BENCH_SNAPSHOT"] = full
+    return root
 
 
 def write_results(name: str, data: dict[str, Any]) -> Path:

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ from benchlib import (  # noqa: E402 - after the path tweak
     race_for_version,
     rss_kb,
     run_wrk,
+    snapshot_src,
     wait_for_version,
     write_results,
     wrk_finish,
@@ -760,6 +762,13 @@ def main() -> int:
     p.add_argument("--only", default=",".join(PHASES), help=f"comma-separated phases: {', '.join(PHASES)}")
     p.add_argument("--seed", type=int, default=None, help="seed for the reload intervals and orders")
     p.add_argument(
+        "--snapshot",
+        metavar="COMMIT",
+        default=None,
+        help="run every server on liveswap's src/ as of COMMIT (git archive to a temp dir, first on PYTHONPATH), "
+        "so that edits to the working tree during the run do not reach the servers",
+    )
+    p.add_argument(
         "--load-duration", type=float, default=None, help="seconds of wrk per load scenario [10; 3 with --quick]"
     )
     p.add_argument("--conns", type=int, default=32, help="wrk connections in the load scenarios [32]")
@@ -829,6 +838,15 @@ def main() -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
 
+    snapshot = snapshot_src(args.snapshot) if args.snapshot else None
+    try:
+        return run(args, phases, seed, rng, q)
+    finally:
+        if snapshot is not None:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, phases: list[str], seed: int, rng: random.Random, q: bool) -> int:
     started = time.time()
     out: dict[str, Any] = {
         "benchmark": "reload",
