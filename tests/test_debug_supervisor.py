@@ -54,7 +54,7 @@ REQUESTS = 'liveswap_http_requests_total{method="GET",status="2xx"}'
 
 def test_supervisor_loads_no_uvicorn() -> None:
     code = (
-        "import sys, liveswap.supervisor, liveswap.debug.supervisor_proxy, liveswap.debug.bind, "
+        "import sys, liveswap.supervisor, liveswap.debug.hub, liveswap.debug.bind, "
         "liveswap.debug.metrics, liveswap.debug.errors; print(sorted(m for m in sys.modules if 'uvicorn' in m))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)

@@ -9,11 +9,12 @@
 
 Endpoints: ``/`` (index), ``/stacks``, ``/profile``, ``/heap`` (+ ``/heap/start``, ``/heap/stop``),
 ``/stats``, ``/metrics``. Modules: ``metrics``, ``profile`` (+ ``flamegraph``), ``stacks``, ``heap``,
-``stats``, ``app`` (router), ``bind`` (address parsing), ``server`` (the thread), ``errors``, and
-``supervisor_proxy`` (the one debug port of ``liveswap run``, served by the supervisor for all workers).
+``stats``, ``app`` (router), ``bind`` (address parsing), ``server`` (the thread), ``errors``,
+``_common`` (token, headers and error answers, shared by ``app`` and ``hub``), and ``hub`` (the one
+debug port of ``liveswap run``, served by the supervisor for all workers).
 
 Names are imported on first use: ``server`` imports uvicorn, which the supervisor must not load
-(it imports ``bind``, ``metrics`` and ``supervisor_proxy`` only).
+(it imports ``bind``, ``metrics`` and ``hub`` only).
 """
 
 from __future__ import annotations

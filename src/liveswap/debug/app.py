@@ -10,39 +10,44 @@ so the other endpoints keep answering meanwhile.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import html
 import json
 import os
 import re
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 from . import heap, stacks, stats
 from ._asgi import Receive, Scope, Send
+from ._common import (
+    HTML,
+    JSON,
+    PROFILE_DEFAULT_SECONDS,
+    PROFILE_MAX_SECONDS,
+    PROFILE_MIN_SECONDS,
+    PROMETHEUS,
+    SECURITY_HEADERS,
+    TEXT,
+    Headers,
+    HTTPError,
+    check_token,
+    internal_error,
+    json_body,
+    method_not_allowed,
+    not_found,
+    with_token,
+)
 from .errors import HeapNotTracingError, ProfileBusyError
 from .metrics import Metrics, render_prometheus
 from .profile import collapsed_text, take_profile, to_flamegraph_svg, to_speedscope
 
 __all__ = ["DebugApp", "make_debug_app"]
 
-PROFILE_MIN_SECONDS = 1.0
-PROFILE_MAX_SECONDS = 60.0
-PROFILE_DEFAULT_SECONDS = 10.0
-TEXT = "text/plain; charset=utf-8"
-JSON = "application/json"
-PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 _PREFIX = re.compile(r"(/[A-Za-z0-9_.-]+)*\Z")
-_SECURITY_HEADERS = [
-    ("cache-control", "no-store"),
-    ("x-content-type-options", "nosniff"),
-    ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'"),
-]
 
 
 @dataclass
@@ -62,15 +67,7 @@ class _Response:
     status: int
     body: bytes
     content_type: str = TEXT
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.hint = hint
+    headers: Headers = field(default_factory=list)
 
 
 def _text(text: str, status: int = 200, content_type: str = TEXT) -> _Response:
@@ -78,13 +75,13 @@ def _text(text: str, status: int = 200, content_type: str = TEXT) -> _Response:
 
 
 def _json(data: Any, status: int = 200) -> _Response:
-    return _Response(status, json.dumps(data, indent=2, default=str).encode("utf-8") + b"\n", JSON)
+    return _Response(status, json_body(data), JSON)
 
 
 def _choice(req: _Request, name: str, choices: tuple[str, ...]) -> str:
     value = req.arg(name, choices[0]) or choices[0]
     if value not in choices:
-        raise _HTTPError(
+        raise HTTPError(
             400, f"{name}={value!r} is not one of {', '.join(choices)}", f"e.g. {req.path}?{name}={choices[-1]}"
         )
     return value
@@ -99,7 +96,7 @@ def _number(req: _Request, name: str, default: float, low: float, high: float) -
     except ValueError:
         value = float("nan")
     if not low <= value <= high:  # also rejects nan
-        raise _HTTPError(
+        raise HTTPError(
             400,
             f"{name}={raw!r} is out of range: expected a number from {low:g} to {high:g}",
             f"e.g. {req.path}?{name}={default:g}",
@@ -156,46 +153,26 @@ class DebugApp:
         )
         try:
             response = await self._dispatch(req)
-        except _HTTPError as exc:
-            text = f"{exc.status} {exc.message}\n" + (f"hint: {exc.hint}\n" if exc.hint else "")
-            response = _text(text, exc.status)
-            if exc.status == 401:
-                response.headers.append(("www-authenticate", 'Bearer realm="liveswap debug"'))
+        except HTTPError as exc:
+            response = _Response(exc.status, exc.body(), headers=exc.headers)
         except Exception:  # a debug server shows its own failures instead of hiding them
-            response = _text("500 the debug endpoint failed:\n\n" + traceback.format_exc(), 500)
+            response = _Response(500, internal_error())
         headers = [
             (b"content-type", response.content_type.encode("latin-1")),
             (b"content-length", str(len(response.body)).encode("latin-1")),
-            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in _SECURITY_HEADERS + response.headers),
+            *SECURITY_HEADERS,
+            *response.headers,
         ]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if req.method == "HEAD" else response.body})
 
-    def _authorized(self, req: _Request) -> bool:
-        if self._token is None:
-            return True
-        given = req.arg("token")
-        if given is None:
-            scheme, _, credentials = req.headers.get("authorization", "").partition(" ")
-            given = credentials.strip() if scheme.lower() == "bearer" else None
-        return given is not None and hmac.compare_digest(given.encode("utf-8"), self._token)
-
     async def _dispatch(self, req: _Request) -> _Response:
-        if not self._authorized(req):
-            raise _HTTPError(
-                401,
-                "this debug server requires a token",
-                "add ?token=<token> to the URL or send 'Authorization: Bearer <token>', "
-                "with the token the server was started with (--debug-token)",
-            )
+        check_token(self._token, req.arg("token"), req.headers.get("authorization"))
         route = self.routes.get(req.path)
         if route is None:
-            listing = "\n".join(f"  {r.example:<40} {r.summary}" for r in _ROUTES)
-            raise _HTTPError(404, f"no debug endpoint at {req.path}; the endpoints are:\n{listing}")
+            raise not_found(req.path, "\n".join(f"  {r.example:<40} {r.summary}" for r in _ROUTES))
         if req.method not in route.methods:
-            response = _text(f"405 {req.path} accepts {', '.join(route.methods)}, not {req.method}\n", 405)
-            response.headers.append(("allow", ", ".join(route.methods)))
-            return response
+            raise method_not_allowed(req.path, req.method, route.methods)
         return await route.handler(self, req)
 
     # -- endpoints ---------------------------------------------------------------------------------
@@ -208,15 +185,13 @@ class DebugApp:
             prefix = ""
         rows = []
         for route in _ROUTES:
-            href = prefix + route.example
-            if token is not None:
-                href += ("&" if "?" in href else "?") + "token=" + quote(token, safe="")
+            href = with_token(prefix + route.example, token)
             rows.append(
                 f'<tr><td><a href="{html.escape(href)}">{html.escape(route.example)}</a></td>'
                 f"<td>{html.escape(route.summary)}</td></tr>"
             )
         page = _INDEX.format(pid=os.getpid(), rows="\n".join(rows))
-        return _text(page, content_type="text/html; charset=utf-8")
+        return _text(page, content_type=HTML)
 
     async def _stacks(self, req: _Request) -> _Response:
         fmt = _choice(req, "format", ("text", "json"))
@@ -233,14 +208,14 @@ class DebugApp:
                 take_profile, seconds, exclude_threads=(threading.get_ident(),), cancel=self.closing
             )
         except ProfileBusyError as exc:
-            raise _HTTPError(409, str(exc), exc.hint) from exc
+            raise HTTPError(409, str(exc), exc.hint) from exc
         name = f"pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}, {seconds:g} s"
         if fmt == "collapsed":
             return _text(collapsed_text(prof.collapsed))
         if fmt == "speedscope":
             doc = to_speedscope(prof.collapsed, f"liveswap {name}", locations=prof.locations, interval=prof.interval)
             response = _Response(200, json.dumps(doc).encode("utf-8"), JSON)
-            response.headers.append(("content-disposition", "attachment; filename=profile.speedscope.json"))
+            response.headers.append((b"content-disposition", b"attachment; filename=profile.speedscope.json"))
             return response
         subtitle = (
             f"all threads sampled {prof.ticks} times, every {prof.interval * 1000:g} ms (wall clock: "
@@ -257,7 +232,7 @@ class DebugApp:
         try:
             result = await asyncio.to_thread(heap.top, limit, group_by)
         except HeapNotTracingError as exc:
-            raise _HTTPError(409, str(exc), exc.hint) from exc
+            raise HTTPError(409, str(exc), exc.hint) from exc
         return _json(result) if fmt == "json" else _text(heap.format_top_text(result))
 
     async def _heap_start(self, req: _Request) -> _Response:

@@ -1,51 +1,29 @@
-"""HTTP/1.1 over asyncio streams with h11, for the supervisor's debug port (``supervisor_proxy``).
+"""One client of the hub's port: HTTP/1.1 over asyncio streams, parsed and framed by h11.
 
 The supervisor must stay small (no uvicorn, no HTTP client library), so this is the least HTTP it
 needs: ``ServerConnection`` reads whole requests (body included, bounded) from one client and writes
-answers, streamed or not, with keep-alive; ``WorkerRequest`` sends one request to a worker's debug
-server over its unix socket and streams the answer back. h11 does the parsing and framing.
+answers, streamed or not, with keep-alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-__all__ = ["HOP_BY_HOP", "HTTPError", "Headers", "Request", "ServerConnection", "WorkerRequest"]
+from .._common import SECURITY_HEADERS, TEXT, Headers, HTTPError
 
-Headers = list[tuple[bytes, bytes]]
+__all__ = ["MAX_HEAD", "Request", "ServerConnection"]
 
 REQUEST_TIMEOUT = 10.0  # from connect (or the previous answer) to a whole request; then we hang up
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
-TEXT = b"text/plain; charset=utf-8"
-# Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never forwarded.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-connection",
-    }
-)
-SECURITY_HEADERS: Headers = [
-    (b"cache-control", b"no-store"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'"),
-]
 
 
 @dataclass
@@ -68,17 +46,6 @@ class Request:
             if key == name:
                 return value.decode("latin-1")
         return None
-
-
-class HTTPError(Exception):
-    """An error answer: ``status``, a message and a hint, as text; ``headers`` go with it."""
-
-    def __init__(self, status: int, message: str, hint: str | None = None, headers: Headers | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.hint = hint
-        self.headers = headers or []
 
 
 class ServerConnection:
@@ -145,12 +112,12 @@ class ServerConnection:
         await self.writer.drain()
 
     async def respond(
-        self, status: int, body: bytes, content_type: bytes = TEXT, headers: Iterable[tuple[bytes, bytes]] = ()
+        self, status: int, body: bytes, content_type: str = TEXT, headers: Iterable[tuple[bytes, bytes]] = ()
     ) -> None:
         self.start(
             status,
             [
-                (b"content-type", content_type),
+                (b"content-type", content_type.encode("latin-1")),
                 (b"content-length", str(len(body)).encode()),
                 *SECURITY_HEADERS,
                 *headers,
@@ -160,61 +127,12 @@ class ServerConnection:
             self.writer.write(self.conn.send(h11.Data(data=body)))
         await self.end()
 
+    async def error(self, exc: HTTPError) -> None:
+        await self.respond(exc.status, exc.body(), headers=exc.headers)
+
     def next_cycle(self) -> bool:
         """Ready for another request on this connection (keep-alive)?"""
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
             return True
         return False
-
-
-class WorkerRequest:
-    """One request to a worker's debug server over its unix socket (``Connection: close``)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
-
-    @classmethod
-    async def request(
-        cls, path: Path, method: str, target: bytes, headers: Headers, body: bytes = b""
-    ) -> tuple[WorkerRequest, h11.Response]:
-        """Connect, send the request, read the answer's head; then iterate ``body()`` and ``close()``."""
-        reader, writer = await asyncio.open_unix_connection(str(path))
-        req = cls(reader, writer)
-        try:
-            head = [*headers, (b"host", b"liveswap-debug"), (b"connection", b"close")]
-            if body or method not in ("GET", "HEAD"):
-                head.append((b"content-length", str(len(body)).encode()))
-            writer.write(req.conn.send(h11.Request(method=method, target=target, headers=head)))
-            if body:
-                writer.write(req.conn.send(h11.Data(data=body)))
-            writer.write(req.conn.send(h11.EndOfMessage()))
-            await writer.drain()
-            while True:
-                event = await req._event()
-                if isinstance(event, h11.Response):
-                    return req, event
-                if not isinstance(event, h11.InformationalResponse):
-                    raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} from the worker")
-        except BaseException:
-            req.close()
-            raise
-
-    async def _event(self) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.reader.read(65536))
-            elif isinstance(event, h11.ConnectionClosed):
-                raise ConnectionError("the worker closed the connection before it finished its answer")
-            else:
-                return event
-
-    async def body(self) -> AsyncIterator[bytes]:
-        while isinstance(event := await self._event(), h11.Data):
-            yield bytes(event.data)
-
-    def close(self) -> None:
-        self.writer.close()
