@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from .errors import BindError
 
 __all__ = [
+    "BIND",
     "SD_LISTEN_FDS_START",
+    "BindSpec",
+    "BindSyntax",
     "Listener",
     "adopt_fds",
     "bind_all",
@@ -41,6 +44,26 @@ class BindSpec:
     text: str = ""
 
 
+@dataclass(frozen=True)
+class BindSyntax:
+    """Which address forms an option takes, and how its errors name it and what they suggest."""
+
+    subject: str = "--bind"  # errors read "<subject> '<text>': <what is wrong>"
+    example_port: int = 8000  # the port the hints show
+    fd: bool = True  # fd://N: a socket the parent process opened
+    wildcard: bool = True  # an empty host (":8000") means every interface; else a host must be named
+    error: type[BindError] = BindError
+
+    @property
+    def forms(self) -> str:
+        port = self.example_port
+        fd = ", unix:/path/to.sock or fd://3" if self.fd else " or unix:/path/to.sock"
+        return f"use HOST:PORT (127.0.0.1:{port}), [IPV6]:PORT ([::1]:{port}){fd}"
+
+
+BIND = BindSyntax()
+
+
 @dataclass
 class Listener:
     """A listening socket and where it came from (``name`` goes into LISTEN_FDNAMES)."""
@@ -50,36 +73,50 @@ class Listener:
     unlink_path: str = ""  # a unix socket path we created and remove at exit
 
 
-def parse_bind(text: str) -> BindSpec:
-    """Parse ``127.0.0.1:8000``, ``[::1]:8000``, ``:8000``, ``unix:/path.sock`` or ``fd://3``."""
-    hint = "use HOST:PORT (127.0.0.1:8000), [IPV6]:PORT ([::1]:8000), unix:/path/to.sock or fd://3"
+def parse_bind(text: str, syntax: BindSyntax = BIND) -> BindSpec:
+    """Parse ``127.0.0.1:8000``, ``[::1]:8000``, ``:8000``, ``unix:/path.sock`` or ``fd://3``.
+
+    ``syntax`` says which of these forms are taken (the debug address takes neither ``fd://`` nor
+    an empty host) and how errors read; they are ``syntax.error`` (a ``BindError``) with a hint.
+    """
+    error, what, hint = syntax.error, f"{syntax.subject} {text!r}", syntax.forms
     if text.startswith("unix:"):
         path = text[5:]
         if not path:
-            raise BindError(f"--bind {text!r}: no path after 'unix:'", hint=hint)
+            raise error(f"{what}: no path after 'unix:'", hint=hint)
         return BindSpec("unix", path=path, text=text)
     if text.startswith("fd://"):
+        if not syntax.fd:
+            raise error(f"{what}: a file descriptor cannot be used here", hint=hint)
         try:
             fd = int(text[5:])
         except ValueError:
-            raise BindError(f"--bind {text!r}: {text[5:]!r} is not a file descriptor number", hint=hint) from None
+            raise error(f"{what}: {text[5:]!r} is not a file descriptor number", hint=hint) from None
         return BindSpec("fd", fd=fd, text=text)
     if text.startswith("["):
         host, sep, port_text = text[1:].partition("]:")
         if not sep:
-            raise BindError(f"--bind {text!r}: an IPv6 address needs brackets and a port, like [::1]:8000", hint=hint)
+            raise error(
+                f"{what}: an IPv6 address needs brackets and a port, like [::1]:{syntax.example_port}", hint=hint
+            )
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep:
-            raise BindError(f"--bind {text!r}: no port", hint=hint)
+            raise error(f"{what}: no port", hint=hint)
         if ":" in host:
-            raise BindError(f"--bind {text!r}: put an IPv6 address in brackets, like [{host}]:{port_text}", hint=hint)
+            raise error(f"{what}: put an IPv6 address in brackets, like [{host}]:{port_text}", hint=hint)
+    if not host and not syntax.wildcard:
+        raise error(
+            f"{what}: no host (an empty host would mean every interface)",
+            hint=f"write 127.0.0.1:{port_text or syntax.example_port} for this machine only",
+        )
+    port_hint = f"a port is a number from 0 to 65535, e.g. 127.0.0.1:{syntax.example_port} (port 0 picks a free port)"
     try:
         port = int(port_text)
     except ValueError:
-        raise BindError(f"--bind {text!r}: port {port_text!r} is not a number", hint=hint) from None
+        raise error(f"{what}: port {port_text!r} is not a number", hint=port_hint) from None
     if not 0 <= port <= 65535:
-        raise BindError(f"--bind {text!r}: port {port} is out of range 0-65535", hint=hint)
+        raise error(f"{what}: port {port} is out of range 0-65535", hint=port_hint)
     return BindSpec("tcp", host=host or "0.0.0.0", port=port, text=text)
 
 

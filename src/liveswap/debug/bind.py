@@ -16,50 +16,21 @@ import os
 import socket
 import stat
 
+from ..sockets import BindSyntax, parse_bind
 from .errors import DebugAddressInUseError, DebugBindError, DebugPublicAddressError
 
 __all__ = ["bind_debug", "describe_address"]
 
 _BACKLOG = 64
-_FORMS = "HOST:PORT (127.0.0.1:6060, [::1]:6060, localhost:6060) or unix:/path/to/debug.sock"
+# The forms of --bind but fd://N (the debug server binds its own socket), with a host named: an
+# empty host would mean every interface.
+_SYNTAX = BindSyntax("debug address", example_port=6060, fd=False, wildcard=False, error=DebugBindError)
 
 
 def _is_loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped.is_loopback  # ::ffff:127.0.0.1 (Python 3.11 does not see through it)
     return ip.is_loopback
-
-
-def _split(address: str) -> tuple[str, int]:
-    if address.startswith("["):
-        host, sep, port_text = address[1:].partition("]:")
-        if not sep:
-            raise DebugBindError(
-                f"debug address {address!r} has no port after the bracketed IPv6 address", hint="write it as [::1]:6060"
-            )
-    else:
-        host, sep, port_text = address.rpartition(":")
-        if not sep:
-            raise DebugBindError(f"debug address {address!r} has no port", hint=f"expected {_FORMS}")
-        if ":" in host:
-            raise DebugBindError(
-                f"debug address {address!r}: an IPv6 address needs brackets", hint=f"write it as [{host}]:{port_text}"
-            )
-    if not host:
-        raise DebugBindError(
-            f"debug address {address!r} has no host (an empty host would mean every interface)",
-            hint=f"write 127.0.0.1:{port_text or 6060} for this machine only",
-        )
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise DebugBindError(
-            f"debug address {address!r}: port {port_text!r} is not a number from 0 to 65535",
-            hint="e.g. 127.0.0.1:6060 (port 0 picks a free port)",
-        )
-    return host, port
 
 
 def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
@@ -80,8 +51,6 @@ def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
 
 
 def _bind_unix(path: str) -> socket.socket:
-    if not path:
-        raise DebugBindError("debug address 'unix:' has no path", hint="e.g. unix:/run/myapp/debug.sock")
     try:
         mode: int | None = os.stat(path).st_mode
     except FileNotFoundError:
@@ -129,9 +98,10 @@ def bind_debug(address: str, allow_public: bool = False) -> socket.socket:
     The returned socket is listening, so connections queue even before ``DebugServer.start()``.
     """
     address = address.strip()
-    if address.startswith("unix:"):
-        return _bind_unix(address[len("unix:") :])
-    host, port = _split(address)
+    spec = parse_bind(address, _SYNTAX)
+    if spec.kind == "unix":
+        return _bind_unix(spec.path)
+    host, port = spec.host, spec.port
     family, ip = _resolve(host, port)
     if not allow_public and not _is_loopback(ipaddress.ip_address(ip)):
         where = host if host == ip else f"{host} ({ip})"
