@@ -18,7 +18,7 @@ from typing import Any
 
 import h11
 
-from ...control import worker_debug_dir
+from ...control.paths import worker_debug_dir
 from .._common import (
     HTML,
     JSON,
