@@ -1,0 +1,216 @@
+"""Every option of liveswap, declared once.
+
+One declaration (:class:`Option`) gives the CLI flag, the ``LIVESWAP_*`` environment variable, the
+``[tool.liveswap]`` key in pyproject.toml, the field of :class:`~liveswap.config.Settings` and the
+row of the docs table (:func:`docs_table`; ``python -m liveswap.config`` prints it).
+
+Each option's ``parse`` (from ``_parse``) refuses values that make no sense (a zero boot timeout, a
+negative limit, a month-long duration) with a message that says what is expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._parse import (
+    MAX_NAME,
+    MAX_WORKERS,
+    bind_address,
+    boolean,
+    choice,
+    directory,
+    duration,
+    host_header,
+    instance_name,
+    integer,
+    module_name,
+    parse_duration,
+    request_path,
+)
+
+__all__ = ["OPTIONS", "Option", "docs_table", "option"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its name, type, default and help, from which the flag/env/pyproject key derive."""
+
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any] = str
+    multiple: bool = False
+    flag_is_switch: bool = False
+    commands: tuple[str, ...] = ("run", "dev")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "LIVESWAP_" + self.name.upper()
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "bind",
+        ["127.0.0.1:8000"],
+        "Where to listen: HOST:PORT, [IPV6]:PORT, unix:/path.sock or fd://N. "
+        "Repeatable. Ignored when started with LISTEN_FDS (systemd socket activation).",
+        bind_address,
+        multiple=True,
+    ),
+    Option(
+        "workers",
+        1,
+        f"Number of worker processes per generation (1 to {MAX_WORKERS}).",
+        integer(
+            1,
+            MAX_WORKERS,
+            why="each worker is a process, and each has a spare forked ahead: a few per CPU core is plenty",
+        ),
+    ),
+    Option(
+        "factory",
+        False,
+        "Treat APP as a factory: call it with no arguments to get the app.",
+        boolean,
+        flag_is_switch=True,
+    ),
+    Option("interface", "auto", "Application interface: auto (detect), asgi or wsgi.", choice("auto", "asgi", "wsgi")),
+    Option("app_dir", ".", "Directory put first on sys.path when importing APP (must exist).", directory),
+    Option(
+        "name",
+        "",
+        f"Instance name for the control socket (default: derived from APP): letters, digits, '.', '_', '-', "
+        f"at most {MAX_NAME} characters.",
+        instance_name,
+    ),
+    Option(
+        "health_path",
+        "/",
+        "Path of the health check each new worker must pass (answer below 500) before it takes public traffic.",
+        request_path,
+    ),
+    Option(
+        "health_host",
+        "",
+        "Host header of the health check (default: the first --bind address; localhost for a wildcard or unix "
+        "address). Django answers 400 to a Host not in ALLOWED_HOSTS, which proves nothing: set it to one it allows.",
+        host_header,
+    ),
+    Option(
+        "worker_timeout",
+        30.0,
+        "A live worker whose event loop has not turned for this long is hung: a replacement boots and passes its "
+        "health check, then the hung one's stacks are logged and it is killed (0 disables).",
+        parse_duration,
+    ),
+    Option(
+        "boot_timeout",
+        30.0,
+        "How long a new worker may take to import, start and pass its health check (more than 0).",
+        duration(
+            0.0,
+            above=True,
+            why="a new worker needs time to import the app, start it and answer its health "
+            "check: give it seconds, e.g. 30s",
+        ),
+    ),
+    Option(
+        "drain_timeout",
+        30.0,
+        "How long a draining worker may take to finish in-flight requests before it is killed (hammer time; "
+        "0: no grace, in-flight requests are cut).",
+        duration(),
+    ),
+    Option(
+        "idle_grace",
+        1.0,
+        "While draining, how long an idle keep-alive connection is kept open so a request "
+        "already on its way is answered (with Connection: close) rather than reset (0: close at once).",
+        duration(),
+    ),
+    Option(
+        "keepalive_timeout",
+        5.0,
+        "Close keep-alive connections idle for this long (0: close after each response).",
+        duration(),
+    ),
+    Option(
+        "header_timeout",
+        10.0,
+        "Disconnect a client that has not sent a complete request line and headers "
+        "within this long (slow-header protection; 0 disables).",
+        duration(),
+    ),
+    Option(
+        "max_header_bytes",
+        65536,
+        "Largest request line plus headers accepted; larger gets 431 (1024 to 16777216).",
+        integer(
+            1024,
+            16 * 1024 * 1024,
+            why="a request head needs a few hundred bytes; more than 16 MiB per "
+            "connection only helps a client exhaust memory",
+        ),
+    ),
+    Option(
+        "max_connections",
+        1000,
+        "Most concurrent connections plus requests per worker; beyond it requests get 503 (0: no limit).",
+        integer(0, why="0 means no limit"),
+    ),
+    Option(
+        "backoff_max",
+        30.0,
+        "Longest wait between restarts of a worker that keeps crashing (at least 0.1 s).",
+        duration(
+            0.1, why="restarts back off from 0.1 s, doubling; a smaller cap restarts a crashing worker in a tight loop"
+        ),
+    ),
+    Option(
+        "preload",
+        [],
+        "Module the template process imports before forking workers (a library, never your app). Repeatable.",
+        module_name,
+        multiple=True,
+    ),
+    Option("log_level", "info", "Log level: debug, info, warning, error.", choice("debug", "info", "warning", "error")),
+    Option("access_log", False, "Log every request.", boolean, flag_is_switch=True),
+    Option(
+        "debug_bind",
+        "",
+        "Serve the debug endpoints (stacks, profile, heap, metrics) on this loopback "
+        "address, e.g. 127.0.0.1:6060. Off by default.",
+        commands=("run",),
+    ),
+    Option(
+        "debug_token",
+        "",
+        "Require this token (?token= or Authorization: Bearer) on the debug server.",
+        commands=("run",),
+    ),
+)
+
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def option(name: str) -> Option:
+    """The declaration of option ``name`` (``"bind"``, ``"workers"`` ...)."""
+    return _BY_NAME[name]
+
+
+def docs_table() -> str:
+    """The options table for docs/configuration.md."""
+    rows = ["| flag | env | pyproject key | default | meaning |", "|---|---|---|---|---|"]
+    for o in OPTIONS:
+        rows.append(f"| `{o.flag}` | `{o.env}` | `{o.key}` | `{o.default!r}` | {o.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,147 @@
+"""Resolving the options of one instance: CLI flag > ``LIVESWAP_*`` environment > ``[tool.liveswap]``
+in the nearest pyproject.toml > the declared default."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ._parse import MAX_NAME
+from .options import OPTIONS, Option
+
+__all__ = ["Settings", "load_settings"]
+
+
+@dataclass
+class Settings:
+    """The resolved options of one liveswap instance."""
+
+    app: str
+    # Types only: the defaults live in OPTIONS (options.py); Settings.defaults() fills them in.
+    bind: list[str]
+    workers: int
+    factory: bool
+    interface: str
+    app_dir: str
+    name: str
+    health_path: str
+    health_host: str
+    worker_timeout: float
+    boot_timeout: float
+    drain_timeout: float
+    idle_grace: float
+    keepalive_timeout: float
+    header_timeout: float
+    max_header_bytes: int
+    max_connections: int
+    backoff_max: float
+    preload: list[str]
+    log_level: str
+    access_log: bool
+    debug_bind: str
+    debug_token: str
+
+    @classmethod
+    def defaults(cls, app: str, **overrides: Any) -> Settings:
+        """Settings with every option at its declared default, then ``overrides`` applied."""
+        values = {o.name: copy.deepcopy(o.default) for o in OPTIONS}
+        unknown = set(overrides) - set(values)
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        values.update(overrides)
+        return cls(app=app, **values)
+
+    def instance_name(self) -> str:
+        if self.name:
+            return self.name
+        # Derived names follow the rules of --name, so the control socket path stays short and plain.
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.app).strip("-.")[:MAX_NAME].rstrip("-.") or "app"
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _read_pyproject(start: Path) -> Mapping[str, Any]:
+    for folder in [start, *start.parents]:
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            try:
+                with candidate.open("rb") as f:
+                    data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{candidate} is not valid TOML: {exc}") from exc
+            section = data.get("tool", {}).get("liveswap", {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"[tool.liveswap] in {candidate} must be a table")
+            return section
+    return {}
+
+
+def _convert(option: Option, raw: Any, origin: str) -> Any:
+    try:
+        if option.multiple:
+            items: Sequence[Any] = raw if isinstance(raw, list) else [x for x in str(raw).split(",") if x.strip()]
+            return [option.parse(x.strip() if isinstance(x, str) else x) for x in items]
+        return option.parse(raw)
+    except (ValueError, TypeError) as exc:
+        hint = getattr(exc, "hint", None) or f"{option.flag}: {option.help}"
+        raise ConfigError(f"{origin}: {exc}", hint=hint) from None
+
+
+def _check_together(app: str, values: Mapping[str, Any]) -> None:
+    """Values that are fine alone but make no sense together."""
+    if not values["bind"]:
+        raise ConfigError("--bind: no address given", hint="give at least one, e.g. --bind 127.0.0.1:8000")
+    seen: set[str] = set()
+    for text in values["bind"]:
+        if text in seen and not text.endswith(":0"):  # port 0 twice is two ports; anything else fails to bind
+            raise ConfigError(f"--bind: {text!r} is given twice", hint="give each address once")
+        seen.add(text)
+    module = app.partition(":")[0]
+    for name in values["preload"]:
+        if name == module or name.startswith(module + "."):
+            raise ConfigError(
+                f"--preload: {name!r} is your app's module",
+                hint="the template imports preloaded modules once, so a reload would not see your new code: "
+                "preload libraries only (fastapi, sqlalchemy, ...)",
+            )
+
+
+def load_settings(
+    app: str, cli: Mapping[str, Any], environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Settings:
+    """Resolve every option: CLI values (None or empty = not given) > LIVESWAP_* > pyproject > default."""
+    environ = os.environ if environ is None else environ
+    project = _read_pyproject(cwd or Path.cwd())
+    unknown = sorted(set(project) - {o.key for o in OPTIONS} - {"app"})
+    if unknown:
+        known = ", ".join(o.key for o in OPTIONS)
+        raise ConfigError(f"[tool.liveswap] has unknown key(s): {', '.join(unknown)}", hint=f"known keys: {known}")
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        given = cli.get(option.name)
+        if given not in (None, (), []) and not (option.flag_is_switch and given is False):
+            values[option.name] = _convert(option, list(given) if option.multiple else given, option.flag)
+        elif option.env in environ:
+            values[option.name] = _convert(option, environ[option.env], option.env)
+        elif option.key in project:
+            values[option.name] = _convert(option, project[option.key], f"[tool.liveswap] {option.key}")
+        else:
+            values[option.name] = copy.deepcopy(option.default)
+    if not app:
+        app = str(project.get("app", ""))
+    if not app:
+        raise ConfigError(
+            "no APP given",
+            hint="pass the app as MODULE:ATTRIBUTE, e.g. `liveswap run myapp:app`, "
+            'or set app = "myapp:app" under [tool.liveswap] in pyproject.toml',
+        )
+    _check_together(app, values)
+    return Settings(app=app, **values)
