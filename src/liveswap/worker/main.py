@@ -26,19 +26,19 @@ from .._log import setup_logging
 from .._os import EXIT_BOOT_ERROR, EXIT_OK, EXIT_ORPHANED, adopted_by
 from ..config import Settings
 from ..errors import AppLoadError
-from ..generation import beat_interval
 from ..http.app import app_traceback, load_app
 from ..http.server import StartupFailed, WorkerServer, new_event_loop
 from ..sockets import adopt_fds
+from . import channel
 
 __all__ = ["main"]
 
 log = logging.getLogger("liveswap.worker")
 
 
-def _send(control: socket.socket, **message: Any) -> None:
+def _send(control: socket.socket, message: channel.Event) -> None:
     try:
-        control.sendall((json.dumps(message) + "\n").encode())
+        control.sendall(channel.encode(message))
     except OSError:
         pass
 
@@ -68,12 +68,12 @@ def main() -> int:
         log.error("cannot load %s: %s", settings.app, exc)
         if exc.hint:
             log.error("hint: %s", exc.hint)
-        _send(control, event="boot_error", error=str(exc), detail=exc.hint or "")
+        _send(control, channel.BootError(str(exc), exc.hint or ""))
         return EXIT_BOOT_ERROR
     except BaseException as exc:  # noqa: BLE001 - anything the app's import raises is a boot error
         detail = app_traceback(exc)
         log.error("cannot load %s:\n%s", settings.app, detail)
-        _send(control, event="boot_error", error=f"{type(exc).__name__}: {exc}", detail=detail)
+        _send(control, channel.BootError(f"{type(exc).__name__}: {exc}", detail))
         return EXIT_BOOT_ERROR
     import_ms = (time.perf_counter() - t0) * 1000
     loop = new_event_loop()
@@ -141,7 +141,7 @@ async def _serve(
     try:
         await server.startup()
     except StartupFailed as exc:
-        _send(control, event="boot_error", error=str(exc), detail=exc.detail)
+        _send(control, channel.BootError(str(exc), exc.detail))
         return EXIT_BOOT_ERROR
     await server.serve_connection(health)
     # A fatal signal (SIGABRT from the supervisor when this worker hangs, or a crash) writes every
@@ -172,20 +172,16 @@ async def _serve(
                 orphaned = True
                 stop.set()
                 return
-            try:
-                msg = json.loads(line)
-                cmd = msg.get("cmd")
-            except (ValueError, AttributeError):
-                continue
-            if cmd == "go":
+            command = channel.decode_command(line)
+            if isinstance(command, channel.Go):
                 await server.go()
-                writer.write(b'{"event": "live"}\n')
+                writer.write(channel.encode(channel.Live()))
                 await writer.drain()
-            elif cmd == "drain":
+            elif isinstance(command, channel.Drain):
                 # Acknowledge only once our listeners are closed: the supervisor reports a reload
                 # done when no old worker can accept a new connection any more.
-                server.stop_accepting(final=bool(msg.get("final")))
-                writer.write(b'{"event": "draining"}\n')
+                server.stop_accepting(final=command.final)
+                writer.write(channel.encode(channel.Draining()))
                 await writer.drain()
                 stop.set()
                 return
@@ -193,12 +189,15 @@ async def _serve(
     async def heartbeat(interval: float) -> None:
         # Proof that this loop turns: the supervisor replaces a worker that stays silent for
         # --worker-timeout (a blocked loop, a deadlock, a SIGSTOP).
+        beat = channel.encode(channel.Beat())
         while True:
-            writer.write(b'{"event": "beat"}\n')
+            writer.write(beat)
             await asyncio.sleep(interval)
 
     reading = loop.create_task(commands())
-    beating = loop.create_task(heartbeat(beat_interval(settings.worker_timeout))) if settings.worker_timeout else None
+    beating = (
+        loop.create_task(heartbeat(channel.beat_interval(settings.worker_timeout))) if settings.worker_timeout else None
+    )
     await stop.wait()
     if orphaned:
         log.error("the supervisor is gone; exiting")

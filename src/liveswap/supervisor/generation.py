@@ -5,7 +5,11 @@ A generation is the set of W workers that run one version of the code:
     STARTING -> LIVE -> DRAINING -> GONE        (a reload that succeeds)
     STARTING -> FAILED                          (rolled back: the old generation keeps serving)
 
-At most one generation is LIVE.
+At most one generation is LIVE. A worker:
+
+    BOOTING -> READY -> LIVE -> DRAINING -> DEAD
+                         '-> HUNG (its loop stopped turning) -> DEAD, or back to DRAINING if it
+                             was only stopped by a signal
 """
 
 from __future__ import annotations
@@ -15,15 +19,9 @@ import enum
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
-__all__ = ["BootFailed", "GenState", "Generation", "Worker", "WorkerState", "beat_interval"]
-
-
-def beat_interval(worker_timeout: float) -> float:
-    """How often a worker proves that its event loop turns: often enough that a late beat or two
-    never looks like a hang, and ``status`` stays fresh."""
-    return min(0.5, worker_timeout / 8)
+__all__ = ["BootFailed", "GenState", "GenerationStatus", "Generation", "Worker", "WorkerState", "WorkerStatus"]
 
 
 class GenState(enum.Enum):
@@ -35,10 +33,10 @@ class GenState(enum.Enum):
 
 
 class WorkerState(enum.Enum):
-    BOOTING = "booting"  # forked, importing and starting the app
+    BOOTING = "booting"  # spawned, importing and starting the app
     READY = "ready"  # passed its health check, not yet accepting public connections
     LIVE = "live"  # accepting
-    HUNG = "hung"  # its event loop stopped turning: being replaced, then killed
+    HUNG = "hung"  # its event loop stopped turning: being replaced, then ended
     DRAINING = "draining"
     DEAD = "dead"
 
@@ -51,40 +49,60 @@ class BootFailed(Exception):
         self.detail = detail
 
 
+class WorkerStatus(TypedDict):
+    pid: int
+    slot: int
+    state: str
+    uptime: float
+    restarts: int
+
+
+class GenerationStatus(TypedDict):
+    generation: int
+    state: str
+    created: float
+    workers: list[WorkerStatus]
+
+
+def _future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+def _exit_future() -> asyncio.Future[int]:
+    return asyncio.get_running_loop().create_future()
+
+
 @dataclass(eq=False)
 class Worker:
+    """One worker process. The futures are resolved by the supervisor's dispatcher (``exited``) and
+    by the worker kind (``ready``, ``live``, ``draining``); boots and drains wait on them."""
+
     generation: Generation
     slot: int
     pid: int = 0
     state: WorkerState = WorkerState.BOOTING
-    control: socket.socket | None = None
-    health: socket.socket | None = None
-    writer: asyncio.StreamWriter | None = None
     spawned_at: float = field(default_factory=time.monotonic)
     live_at: float = 0.0
     restarts: int = 0
-    ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    live: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    draining: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    exited: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    ready: asyncio.Future[None] = field(default_factory=_future)
+    live: asyncio.Future[None] = field(default_factory=_future)
+    draining: asyncio.Future[None] = field(default_factory=_future)
+    exited: asyncio.Future[int] = field(default_factory=_exit_future)
     boot_error: tuple[str, str] | None = None
     hammer: asyncio.TimerHandle | None = None
     expected_exit: bool = False
     last_beat: float = 0.0  # monotonic time of its last heartbeat (or of going live)
     health_status: int = 0  # what its health check answered
     dump: list[str] = field(default_factory=list)  # what faulthandler wrote (stacks at a fatal signal)
-    reader: asyncio.Task[None] | None = None  # reads its control channel until EOF
-
-    def send(self, **message: Any) -> None:
-        import json
-
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.write((json.dumps(message) + "\n").encode())
+    # The Python worker kind's end of the worker's channel and its private health connection.
+    writer: asyncio.StreamWriter | None = None
+    reader: asyncio.Task[None] | None = None  # reads the channel until EOF
+    health: socket.socket | None = None
 
     def describe(self) -> str:
         return f"worker pid {self.pid} (generation {self.generation.number}, slot {self.slot})"
 
-    def status(self, now: float) -> dict[str, Any]:
+    def status(self, now: float) -> WorkerStatus:
         return {
             "pid": self.pid,
             "slot": self.slot,
@@ -106,7 +124,7 @@ class Generation:
     def alive(self) -> list[Worker]:
         return [w for w in self.workers if w.state is not WorkerState.DEAD]
 
-    def status(self, now: float) -> dict[str, Any]:
+    def status(self, now: float) -> GenerationStatus:
         return {
             "generation": self.number,
             "state": self.state.value,

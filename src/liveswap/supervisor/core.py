@@ -1,0 +1,455 @@
+"""The supervisor's loop: it owns the sockets, and turns events into actions.
+
+Signal handlers, child exits, readiness datagrams and control requests only put an event
+(``events.py``) on a queue; ``_dispatch`` decides. Long operations (a reload transaction, a
+restart, a stop) run as tasks whose every wait has a deadline, and they learn about child exits
+through futures that the dispatcher resolves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+
+from .._os import EXIT_BOOT_ERROR, EXIT_OK, become_subreaper, exit_text
+from ..config import Settings
+from ..control import ControlServer
+from ..notify import Notifier, NotifyReceiver
+from ..sockets import Listener, close_all, describe
+from ..worker.channel import beat_interval
+from .events import ChildrenExited, Event, NotifyReadable, ReloadAsked, StopAsked
+from .generation import BootFailed, Generation, GenerationStatus, GenState, Worker, WorkerState
+from .health import health_host
+from .kinds import WorkerKind
+from .kinds.python import PythonWorkers
+from .restarts import Restarts
+from .transaction import ReloadOutcome, Reloads, RollBack
+
+if TYPE_CHECKING:
+    from ..debug.supervisor_proxy import DebugHub
+
+__all__ = ["Status", "Supervisor"]
+
+log = logging.getLogger("liveswap.supervisor")
+
+ACK_TIMEOUT = 5.0  # for a worker to confirm "go" or "drain"
+STALE_BEATS = 3  # this many heartbeat intervals without one: a reload does not wait for the worker
+T = TypeVar("T")
+
+
+class Status(TypedDict):
+    name: str
+    pid: int
+    app: str
+    state: str
+    uptime: float
+    listening: list[str]
+    workers: int
+    generations: list[GenerationStatus]
+    last_reload: ReloadOutcome | None
+    reloading: bool
+    reloads_ok: int
+    reloads_failed: int
+    restarts: int
+    hung: int
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, listeners: list[Listener]) -> None:
+        self.settings = settings
+        self.listeners = listeners
+        self.name = settings.instance_name()
+        self.generations: list[Generation] = []
+        self.live: Generation | None = None
+        self.next_gen = 1
+        self.by_pid: dict[int, Worker] = {}
+        self.early_exits: dict[int, int] = {}  # reaped before we knew the pid was a worker of ours
+        self.early_notify: dict[int, list[dict[str, str]]] = {}
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.stopping = False
+        self.started_at = time.time()
+        self.systemd = Notifier()
+        self.notify_rx = NotifyReceiver(self.name)
+        self.control = ControlServer(self.name, self._control)
+        self._stopped: asyncio.Future[int] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.debug: DebugHub | None = None  # --debug-bind: the one debug port for all workers
+        self.health_host = settings.health_host or health_host(listeners)
+        self.listening = [describe(x.sock) for x in listeners]  # the sockets are closed first at a stop
+        self.kind: WorkerKind = PythonWorkers(settings, listeners, self.notify_rx.name, self.spawn_task)
+        self.reloads = Reloads(self, RollBack())
+        self.restarts = Restarts(self)
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def spawn_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        # A boot that failed is an expected outcome, reported by the transaction that awaited it.
+        if exc is not None and not isinstance(exc, BootFailed):
+            log.error("internal error in %s", task.get_coro(), exc_info=exc)
+
+    async def run(self) -> int:
+        """Serve until stopped; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        # --debug-bind: bound before anything starts, so a bad address fails cleanly (a DebugBindError,
+        # a LiveswapError with a hint). Imported only here: it needs h11, never uvicorn.
+        if self.settings.debug_bind:
+            from ..debug.supervisor_proxy import DebugHub
+
+            self.debug = DebugHub.bind(
+                self.settings.debug_bind, name=self.name, status=self.status, token=self.settings.debug_token or None
+            )
+        self._stopped = loop.create_future()
+        become_subreaper()
+        signals: list[tuple[signal.Signals, Event]] = [
+            (signal.SIGHUP, ReloadAsked("signal SIGHUP")),
+            (signal.SIGTERM, StopAsked(signal.SIGTERM)),
+            (signal.SIGINT, StopAsked(signal.SIGINT)),
+            (signal.SIGQUIT, StopAsked(signal.SIGQUIT)),
+            (signal.SIGCHLD, ChildrenExited()),
+        ]
+        for sig, event in signals:
+            loop.add_signal_handler(sig, self.events.put_nowait, event)
+        loop.add_reader(self.notify_rx.fileno(), self.events.put_nowait, NotifyReadable())
+        await self.control.start()
+        dispatcher = self.spawn_task(self._dispatch())
+        if self.settings.worker_timeout:
+            self.spawn_task(self.restarts.watchdog())
+        started = time.monotonic()
+        try:
+            if self.debug is not None:  # --debug-bind
+                await self.debug.start()
+                log.info("debug server on %s (all workers: /metrics, /workers/<pid>/)", self.debug.url)
+            self.kind.start()
+            # Through the reload queue, so that a reload asked for while we start waits its turn.
+            outcome = await self.reloads.request("initial start")
+            if not outcome["ok"] and self.stopping:  # stopped (SIGTERM, liveswap stop) while starting
+                return await self._stopped
+            if not outcome["ok"]:
+                log.error("could not start %s: %s", self.settings.app, outcome.get("error"))
+                if outcome.get("detail"):
+                    log.error("%s", outcome["detail"])
+                await self._stop(graceful=False)
+                return EXIT_BOOT_ERROR
+            log.info(
+                "serving %s on %s: %d worker(s), generation %d, ready in %.1f ms (control: liveswap reload --name %s)",
+                self.settings.app,
+                ", ".join(self.listening),
+                self.settings.workers,
+                outcome.get("generation", 0),
+                (time.monotonic() - started) * 1000,
+                self.name,
+            )
+            self.systemd.send(READY=1, STATUS=f"serving {self.settings.app}", MAINPID=os.getpid())
+            return await self._stopped
+        finally:
+            # A reload caught by the stop finishes now (its workers are gone), so that its caller is
+            # told "stopping" before the control socket closes.
+            if self.reloads.task is not None:
+                await asyncio.wait([self.reloads.task], timeout=ACK_TIMEOUT)
+            dispatcher.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            await self.control.close()
+            if self.debug is not None:  # --debug-bind
+                await self.debug.close()
+            self.kind.close()
+            loop.remove_reader(self.notify_rx.fileno())
+            self.notify_rx.close()
+            close_all(self.listeners)
+
+    async def _dispatch(self) -> None:
+        while True:
+            event = await self.events.get()
+            if isinstance(event, ChildrenExited):
+                self._reap()
+            elif isinstance(event, NotifyReadable):
+                for pid, fields in self.notify_rx.receive():
+                    self._on_notify(pid, fields)
+            elif isinstance(event, ReloadAsked):
+                self.reloads.request(event.reason)
+            elif self.stopping and event.sig is signal.SIGINT:
+                self._fast_stop()
+            elif not self.stopping:
+                log.info("%s: stopping gracefully (send SIGINT again to stop at once)", event.sig.name)
+                self.spawn_task(self._stop(graceful=True))
+
+    # ---- children ---------------------------------------------------------------------------
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            if self.kind.owns(pid):
+                if not self.stopping:
+                    log.warning("template pid %d exited (%s); a new one starts on the next spawn", pid, exit_text(code))
+                continue
+            worker = self.by_pid.get(pid)
+            if worker is None:
+                # A worker whose spawn reply is still on its way, or a spare the template let go.
+                self.early_exits[pid] = code
+                if len(self.early_exits) > 256:
+                    del self.early_exits[next(iter(self.early_exits))]
+            else:
+                self._on_exit(worker, code)
+
+    def _on_notify(self, pid: int, fields: dict[str, str]) -> None:
+        worker = self.by_pid.get(pid)
+        if worker is None:
+            self.early_notify.setdefault(pid, []).append(fields)
+            return
+        if fields.get("READY") == "1" and not worker.ready.done():
+            worker.ready.set_result(None)
+
+    def _on_exit(self, worker: Worker, code: int) -> None:
+        prev = worker.state
+        worker.state = WorkerState.DEAD
+        self.by_pid.pop(worker.pid, None)
+        self.kind.worker_exited(worker)
+        if worker.hammer is not None:
+            worker.hammer.cancel()
+        gen = worker.generation
+        if not worker.exited.done():
+            worker.exited.set_result(code)
+        if self.debug is not None:  # --debug-bind: a killed worker leaves its debug socket behind
+            self.debug.worker_exited(worker.pid)
+        if prev is WorkerState.HUNG:
+            log.info("hung %s ended (%s)", worker.describe(), exit_text(code))
+        elif prev is WorkerState.DRAINING or worker.expected_exit:
+            drained = time.monotonic() - worker.live_at if worker.live_at else 0.0
+            log.info("%s exited (%s) after %.2f s draining", worker.describe(), exit_text(code), drained)
+        elif prev is WorkerState.LIVE and gen is self.live and not self.stopping:
+            log.error("%s exited unexpectedly (%s)", worker.describe(), exit_text(code))
+            self.restarts.schedule(gen, worker)
+        # else it was booting: the boot reports it
+        if gen.state is GenState.DRAINING and not gen.alive():
+            gen.state = GenState.GONE
+            log.info("generation %d gone", gen.number)
+        self.forget_finished()
+        self._check_stopped()
+
+    def new_generation(self) -> Generation:
+        gen = Generation(self.next_gen)
+        self.next_gen += 1
+        self.generations.append(gen)
+        return gen
+
+    def forget_finished(self) -> None:
+        self.generations = [g for g in self.generations if g.state not in (GenState.GONE, GenState.FAILED) or g.alive()]
+
+    def kill(self, worker: Worker) -> None:
+        if worker.pid and worker.state is not WorkerState.DEAD:
+            worker.expected_exit = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+
+    # ---- one worker's boot, activation and drain ---------------------------------------------------
+    async def boot(self, gen: Generation, slot: int, restarts: int = 0) -> Worker:
+        """Spawn a worker and wait until it is ready and healthy (not yet accepting), all within one
+        --boot-timeout; raises BootFailed."""
+        loop = asyncio.get_running_loop()
+        worker = Worker(gen, slot, restarts=restarts)
+        gen.workers.append(worker)
+        deadline = loop.time() + self.settings.boot_timeout
+        try:
+            await self.kind.spawn(worker, self.settings.boot_timeout)
+        except BootFailed:
+            worker.state = WorkerState.DEAD
+            raise
+        self.by_pid[worker.pid] = worker
+        for fields in self.early_notify.pop(worker.pid, []):
+            self._on_notify(worker.pid, fields)
+        if worker.pid in self.early_exits:
+            self._on_exit(worker, self.early_exits.pop(worker.pid))
+        try:
+            await self._await_ready(worker, deadline)
+            status = await asyncio.wait_for(
+                self.kind.check_health(worker, self.settings.health_path, self.health_host),
+                max(0.0, deadline - loop.time()),
+            )
+            worker.health_status = status
+            if status >= 500:
+                raise BootFailed(f"health check GET {self.settings.health_path} answered {status}")
+        except TimeoutError:
+            self.kill(worker)
+            raise BootFailed(
+                f"{worker.describe()} was not ready and healthy within {self.settings.boot_timeout:g} s "
+                "(--boot-timeout)"
+            ) from None
+        except BootFailed:
+            self.kill(worker)
+            raise
+        worker.state = WorkerState.READY
+        return worker
+
+    async def _await_ready(self, worker: Worker, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[Any]] = [worker.ready, worker.exited]
+        done, _ = await asyncio.wait(
+            waits, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED
+        )
+        if worker.ready in done:
+            return
+        if worker.exited in done:
+            await self.kind.last_words(worker)
+            if worker.boot_error:
+                raise BootFailed(*worker.boot_error)
+            raise BootFailed(f"{worker.describe()} exited before it was ready ({exit_text(worker.exited.result())})")
+        raise TimeoutError
+
+    async def activate(self, workers: list[Worker]) -> None:
+        """Let ready workers take public traffic."""
+        await self.kind.activate(workers, ACK_TIMEOUT)
+        now = time.monotonic()
+        for w in workers:
+            if w.state is WorkerState.READY:
+                w.state = WorkerState.LIVE
+                w.live_at = w.last_beat = now
+
+    def drain_generation(self, gen: Generation) -> None:
+        gen.state = GenState.DRAINING
+        for timer in gen.restart_pending.values():
+            timer.cancel()
+        gen.restart_pending.clear()
+        for w in gen.alive():
+            self.drain_worker(w)
+        if not gen.alive():
+            gen.state = GenState.GONE
+
+    async def stopped_accepting(self, gen: Generation) -> None:
+        """Wait until every worker of ``gen`` has closed its listeners (or exited): from then on no
+        new connection can reach the old code, so the reload's caller is told only then. A worker
+        whose loop has stopped turning cannot answer: the reload does not wait for it (the watchdog
+        replaces it, and the drain timeout ends it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACK_TIMEOUT
+        for w in gen.alive():
+            silent = self.restarts.silent_for(w)
+            if silent > STALE_BEATS * beat_interval(self.settings.worker_timeout):
+                log.warning(
+                    "%s has sent no heartbeat for %.1f s: not waiting for it to stop accepting", w.describe(), silent
+                )
+                continue
+            waits: list[asyncio.Future[Any]] = [w.draining, w.exited]
+            left = deadline - loop.time()
+            if left > 0:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if not (w.draining.done() or w.exited.done()):
+                log.warning("%s did not confirm within %.0f s that it stopped accepting", w.describe(), ACK_TIMEOUT)
+
+    def drain_worker(self, worker: Worker, final: bool = False) -> None:
+        """Tell ``worker`` to stop accepting and finish what it has; SIGKILL at --drain-timeout."""
+        if worker.state in (WorkerState.DEAD, WorkerState.DRAINING):
+            return
+        worker.state = WorkerState.DRAINING
+        worker.expected_exit = True
+        worker.live_at = time.monotonic()
+        self.kind.drain(worker, final)
+        worker.hammer = asyncio.get_running_loop().call_later(self.settings.drain_timeout, self._hammer, worker)
+
+    def _hammer(self, worker: Worker) -> None:
+        if worker.state is not WorkerState.DEAD:
+            log.warning(
+                "hammer time: %s still draining after %.1f s (--drain-timeout); sending SIGKILL",
+                worker.describe(),
+                self.settings.drain_timeout,
+            )
+            self.kill(worker)
+
+    # ---- stopping ---------------------------------------------------------------------------------
+    async def _stop(self, graceful: bool) -> None:
+        self.stopping = True
+        self.systemd.send(STOPPING=1)
+        self.kind.close()
+        # Our copies of the listeners go first: the live workers are then their last holders, and
+        # each accepts what is queued before it closes its own, so no queued connection is reset.
+        for listener in self.listeners:
+            listener.sock.close()
+        for gen in list(self.generations):
+            for timer in gen.restart_pending.values():
+                timer.cancel()
+            gen.restart_pending.clear()
+            for w in gen.alive():
+                if graceful and w.state in (WorkerState.LIVE, WorkerState.DRAINING):
+                    self.drain_worker(w, final=True)
+                else:
+                    self.kill(w)
+        waits = [w.exited for g in self.generations for w in g.workers if not w.exited.done()]
+        if waits:
+            # Draining workers are hammered at the drain timeout; this deadline only guards against
+            # an exit we never get to see.
+            _, pending = await asyncio.wait(waits, timeout=self.settings.drain_timeout + 10.0)
+            if pending:
+                log.error("%d worker(s) did not exit; leaving them to PR_SET_PDEATHSIG", len(pending))
+                for g in self.generations:
+                    for w in g.alive():
+                        w.state = WorkerState.DEAD
+        self._check_stopped()
+
+    def _fast_stop(self) -> None:
+        alive = [w for g in self.generations for w in g.alive()]
+        log.warning("second SIGINT: stopping now; killing %d worker(s)", len(alive))
+        for w in alive:
+            self.kill(w)
+
+    def _check_stopped(self) -> None:
+        if not self.stopping or self._stopped is None or self._stopped.done():
+            return
+        if any(g.alive() for g in self.generations):
+            return
+        log.info("stopped")
+        self._stopped.set_result(EXIT_OK)
+
+    # ---- control ------------------------------------------------------------------------------------
+    async def _control(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req["cmd"]
+        if cmd == "status":
+            return {"ok": True, **self.status()}
+        if cmd == "reload":
+            return dict(await self.reloads.request("liveswap reload"))
+        self.events.put_nowait(StopAsked(signal.SIGTERM))
+        return {"ok": True, "stopping": True, "pid": os.getpid()}
+
+    def status(self) -> Status:
+        now = time.monotonic()
+        live_workers = len([w for w in self.live.workers if w.state is WorkerState.LIVE]) if self.live else 0
+        if self.stopping:
+            state = "stopping"
+        elif self.live is None:
+            state = "starting"
+        elif live_workers < self.settings.workers:
+            state = f"degraded: {live_workers} of {self.settings.workers} workers up, restarting with backoff"
+        else:
+            state = "serving"
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "app": self.settings.app,
+            "state": state,
+            "uptime": round(time.time() - self.started_at, 3),
+            "listening": self.listening,
+            "workers": self.settings.workers,
+            "generations": [g.status(now) for g in self.generations],
+            "last_reload": self.reloads.last,
+            "reloading": self.reloads.task is not None,
+            "reloads_ok": self.reloads.ok,
+            "reloads_failed": self.reloads.failed,
+            "restarts": self.restarts.restarts,
+            "hung": self.restarts.hung,
+        }

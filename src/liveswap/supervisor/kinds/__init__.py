@@ -1,0 +1,47 @@
+"""Kinds of worker: what differs between a Python worker forked from the template and (to come) an
+external command given the sockets, or one behind a proxy. The reload transaction, restarts and
+stops are written once, against this interface.
+
+A boot is ``spawn`` (the worker's pid is known), then ``wait_ready`` (READY=1 or its equivalent),
+then ``check_health`` (the status code of a private health request), all under one deadline; only
+then ``activate`` (take public traffic). ``drain`` asks a worker to stop accepting and finish.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..generation import Worker
+
+__all__ = ["WorkerKind"]
+
+
+class WorkerKind(Protocol):
+    def start(self) -> None:
+        """Prepare to spawn (e.g. start the template process)."""
+
+    def close(self) -> None:
+        """Spawn no more; release what ``start`` made."""
+
+    def owns(self, pid: int) -> bool:
+        """True if ``pid`` is a helper process of this kind (not a worker) that has just exited."""
+
+    async def spawn(self, worker: Worker, timeout: float) -> None:
+        """Start the worker process and set ``worker.pid``; raises BootFailed."""
+
+    async def last_words(self, worker: Worker) -> None:
+        """After the worker exited during its boot: give what it said (``worker.boot_error``) time to
+        arrive."""
+
+    async def check_health(self, worker: Worker, path: str, host: str) -> int:
+        """The status code of ``GET path`` asked privately of the worker (not on the public sockets)."""
+
+    async def activate(self, workers: list[Worker], timeout: float) -> None:
+        """Let ready workers take public traffic; returns when each confirmed or ``timeout`` passed."""
+
+    def drain(self, worker: Worker, final: bool) -> None:
+        """Ask the worker to stop accepting and finish in-flight work; ``final``: the service stops,
+        and the worker first accepts what waits in the listeners' queues."""
+
+    def worker_exited(self, worker: Worker) -> None:
+        """Release what the kind holds for an exited worker."""

@@ -1,0 +1,146 @@
+"""A Python worker forked from the template: ours end to end.
+
+It gets the listening sockets, a channel (``liveswap.worker.channel``) and a private health
+connection with its spawn request, reports READY=1 once its app is imported and started, and
+accepts only after ``Go``. So a new generation is proven healthy before it sees public traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from ...config import Settings
+from ...sockets import Listener
+from ...template.spawner import Spawner
+from ...worker import channel
+from ..generation import BootFailed, Worker
+from ..health import probe
+
+__all__ = ["PythonWorkers"]
+
+log = logging.getLogger("liveswap.supervisor")
+
+MAX_DUMP_LINES = 500  # of a dying worker's stacks
+
+
+class PythonWorkers:
+    """Spawns workers through the template process and speaks the channel with them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        listeners: Sequence[Listener],
+        notify_socket: str,
+        spawn_task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+    ) -> None:
+        self.settings = settings
+        self.listeners = list(listeners)
+        self.notify_socket = notify_socket
+        self.spawn_task = spawn_task
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        # One spare per worker: a whole generation starts without a fork on the critical path.
+        self.spawner = Spawner(settings.preload, env, spares=settings.workers)
+
+    def start(self) -> None:
+        self.spawner.start()
+
+    def close(self) -> None:
+        pid = self.spawner.pid
+        self.spawner.close()
+        if pid:  # it holds no listening socket and no worker depends on it: no need to wait
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def owns(self, pid: int) -> bool:
+        return self.spawner.exited(pid)
+
+    async def spawn(self, worker: Worker, timeout: float) -> None:
+        control, control_child = socket.socketpair()
+        health, health_child = socket.socketpair()
+        env = {
+            "LIVESWAP_SETTINGS": json.dumps(self.settings.to_json()),
+            "LIVESWAP_GENERATION": str(worker.generation.number),
+            "NOTIFY_SOCKET": self.notify_socket,
+            "LIVESWAP_LISTEN_NAMES": json.dumps([x.name for x in self.listeners]),
+        }
+        fds = [control_child.fileno(), health_child.fileno(), *(x.sock.fileno() for x in self.listeners)]
+        try:
+            try:
+                worker.pid = await self.spawner.spawn(env, fds, timeout)
+            finally:
+                control_child.close()
+                health_child.close()
+        except (OSError, TimeoutError) as exc:
+            control.close()
+            health.close()
+            raise BootFailed(f"could not fork a worker: {exc or type(exc).__name__}") from None
+        worker.health = health
+        control.setblocking(False)
+        reader, worker.writer = await asyncio.open_connection(sock=control)
+        worker.reader = self.spawn_task(self._read(worker, reader))
+
+    async def last_words(self, worker: Worker) -> None:
+        if worker.reader is not None:
+            await asyncio.wait([worker.reader], timeout=1.0)
+
+    async def check_health(self, worker: Worker, path: str, host: str) -> int:
+        sock, worker.health = worker.health, None
+        if sock is None:
+            raise BootFailed(f"{worker.describe()} has no health connection")
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        return await probe(reader, writer, path, host)
+
+    async def activate(self, workers: list[Worker], timeout: float) -> None:
+        for w in workers:
+            self._send(w, channel.Go())
+        await asyncio.wait([w.live for w in workers], timeout=timeout)
+        for w in workers:
+            if not w.live.done():
+                log.warning("%s did not confirm it accepts within %.0f s", w.describe(), timeout)
+
+    def drain(self, worker: Worker, final: bool) -> None:
+        self._send(worker, channel.Drain(final=final))
+
+    def worker_exited(self, worker: Worker) -> None:
+        if worker.writer is not None:  # our end of its channel: closed now, not by the GC
+            worker.writer.close()
+        if worker.health is not None:
+            worker.health.close()
+            worker.health = None
+
+    def _send(self, worker: Worker, message: channel.Command) -> None:
+        if worker.writer is not None and not worker.writer.is_closing():
+            worker.writer.write(channel.encode(message))
+
+    async def _read(self, worker: Worker, reader: asyncio.StreamReader) -> None:
+        try:
+            while line := await reader.readline():
+                self._on_line(worker, line)
+        except (ConnectionError, ValueError):
+            pass  # the worker died (its exit is handled when it is reaped) or sent an overlong line
+
+    def _on_line(self, worker: Worker, line: bytes) -> None:
+        event = channel.decode_event(line) if line.startswith(b"{") else None
+        if event is None:  # faulthandler's report of a fatal signal: every thread's stack
+            if len(worker.dump) < MAX_DUMP_LINES:
+                worker.dump.append(line.decode("utf-8", "replace").rstrip())
+        elif isinstance(event, channel.Beat):
+            worker.last_beat = time.monotonic()
+        elif isinstance(event, channel.BootError):
+            worker.boot_error = (event.error, event.detail)
+        elif isinstance(event, channel.Live):
+            if not worker.live.done():
+                worker.live.set_result(None)
+        elif isinstance(event, channel.Draining) and not worker.draining.done():
+            worker.draining.set_result(None)

@@ -1,0 +1,113 @@
+"""The channel between the supervisor and one Python worker: typed messages, one JSON object a line.
+
+Both ends use this module. It is a socket pair made for each worker; it carries, besides these
+lines, what ``faulthandler`` writes when the worker dies of a fatal signal (its threads' stacks),
+which the supervisor keeps as the worker's last words.
+
+    supervisor -> worker   Go()                      start accepting on the public sockets
+                           Drain(final)              stop accepting (final: accept what is queued
+                                                     first, the service is stopping) and finish
+    worker -> supervisor   BootError(error, detail)  the app could not load or start
+                           Live()                    accepting now
+                           Draining()                its listeners are closed
+                           Beat()                    its event loop turns (every beat_interval)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = [
+    "Beat",
+    "BootError",
+    "Command",
+    "Drain",
+    "Draining",
+    "Event",
+    "Go",
+    "Live",
+    "beat_interval",
+    "decode_command",
+    "decode_event",
+    "encode",
+]
+
+
+def beat_interval(worker_timeout: float) -> float:
+    """How often a worker proves that its event loop turns: often enough that a late beat or two
+    never looks like a hang, and ``status`` stays fresh."""
+    return min(0.5, worker_timeout / 8)
+
+
+@dataclass(frozen=True)
+class Go:
+    pass
+
+
+@dataclass(frozen=True)
+class Drain:
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class BootError:
+    error: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Live:
+    pass
+
+
+@dataclass(frozen=True)
+class Draining:
+    pass
+
+
+@dataclass(frozen=True)
+class Beat:
+    pass
+
+
+Command = Go | Drain
+Event = BootError | Live | Draining | Beat
+
+_COMMANDS: dict[str, type[Command]] = {"go": Go, "drain": Drain}
+_EVENTS: dict[str, type[Event]] = {"boot_error": BootError, "live": Live, "draining": Draining, "beat": Beat}
+_NAMES: dict[type[Any], str] = {cls: name for name, cls in (*_COMMANDS.items(), *_EVENTS.items())}
+
+
+def encode(message: Command | Event) -> bytes:
+    """One line: ``{"type": "drain", "final": true}``."""
+    return (json.dumps({"type": _NAMES[type(message)], **asdict(message)}) + "\n").encode()
+
+
+def _decode(line: bytes, table: dict[str, Any]) -> Any:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    cls = table.get(str(data.pop("type", "")))
+    if cls is None:
+        return None
+    try:
+        return cls(**data)
+    except TypeError:  # fields of another version: ignore the line rather than fail the channel
+        return None
+
+
+def decode_command(line: bytes) -> Command | None:
+    """A supervisor's command, or None for a line that is not one."""
+    message: Command | None = _decode(line, _COMMANDS)
+    return message
+
+
+def decode_event(line: bytes) -> Event | None:
+    """A worker's event, or None for a line that is not one (e.g. a stack dump's)."""
+    message: Event | None = _decode(line, _EVENTS)
+    return message
