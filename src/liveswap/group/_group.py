@@ -1,70 +1,24 @@
-"""Tie background tasks' lifetimes to a server's: when one of them dies, all of them stop.
-
-A :class:`Group` runs a *main* coroutine (the server) together with *members*: metrics
-reporters, cache refreshers, queue consumers. It is modelled on Go's ``heptio/workgroup``:
-
-- an ``async def`` member runs as an asyncio task in the server's event loop and is stopped by
-  cancellation;
-- a plain function member runs in its own daemon thread and receives a :class:`threading.Event`
-  that is set when the group stops;
-- the group stops when main returns or raises, when a member raises, or when
-  :meth:`Group.request_stop` is called (``liveswap.serve`` calls it on SIGINT/SIGTERM). A member
-  that *returns* does not stop the group: one-shot tasks are fine;
-- on stop, main's ``stop_event`` is set so the server drains, coroutine members are cancelled
-  and thread members' events are set. Everything gets ``shutdown_timeout`` seconds; whatever is
-  still running then is logged by name and cancelled again (coroutines) or abandoned (threads);
-- the first error, in time order, is re-raised by :meth:`Group.run`; later errors are logged and
-  listed in a note on it.
-
-See :class:`Group` for an example.
-"""
+"""``Group``: adding members, running them with main, stopping them all (see the package docstring)."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any, Concatenate, TypeVar, cast, overload
 
-__all__ = ["Group", "RECANCEL_GRACE"]
+from ._members import EXPECTED, Failure, Member, callable_name, check_signature, is_coroutine_function, unique_name
+from ._shutdown import raise_failures, wait_for_stop
+
+__all__ = ["Group"]
 
 logger = logging.getLogger("liveswap.group")
 
-#: Seconds that coroutines still running at the shutdown deadline get to unwind after being
-#: cancelled a second time, before :meth:`Group.run` returns without them.
-RECANCEL_GRACE = 1.0
-
 _F = TypeVar("_F", bound=Callable[..., object])
-
-_EXPECTED = (
-    "an `async def` function (run as an asyncio task, stopped by cancellation) or a plain function "
-    "taking a threading.Event as its first argument (run in its own thread; the event is set when the group stops)"
-)
-
-
-@dataclass(eq=False)
-class _Member:
-    name: str
-    fn: Callable[..., object]
-    args: tuple[object, ...]
-    is_coroutine: bool
-    stop: threading.Event = field(default_factory=threading.Event)
-    # The task (coroutine members) or a future resolved by the thread (thread members); set by run().
-    done: asyncio.Future[None] | None = None
-
-
-@dataclass(frozen=True)
-class _Failure:
-    at: float
-    seq: int
-    label: str
-    exc: BaseException
 
 
 class Group:
@@ -111,7 +65,7 @@ class Group:
                 f"shutdown_timeout must be a finite number of seconds >= 0, like 30.0; got {shutdown_timeout!r}"
             )
         self._shutdown_timeout = float(shutdown_timeout)
-        self._members: list[_Member] = []
+        self._members: list[Member] = []
         # Guards _members and _started so that add() racing run() either lands or raises. Never
         # taken by request_stop(), which may run inside a signal handler.
         self._lock = threading.Lock()
@@ -123,7 +77,7 @@ class Group:
         self._stop_event: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self._main_task: asyncio.Task[None] | None = None
-        self._failures: list[_Failure] = []
+        self._failures: list[Failure] = []
 
     @property
     def shutdown_timeout(self) -> float:
@@ -164,25 +118,26 @@ class Group:
             group.add(consumer)                                                    # def consumer(stop)
         """
         if inspect.iscoroutine(fn):
-            label = _callable_name(fn)
+            label = callable_name(fn)
             fn.close()  # we will never run it; closing avoids a "never awaited" warning on top of this error
             raise TypeError(
                 f"Group.add() got a coroutine object; pass the function itself, not the result of calling it: "
                 f"group.add({label}), not group.add({label}())"
             )
         if not callable(fn):
-            raise TypeError(f"Group.add() expects {_EXPECTED}; got {fn!r} of type {type(fn).__name__}")
+            raise TypeError(f"Group.add() expects {EXPECTED}; got {fn!r} of type {type(fn).__name__}")
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"Group.add(name=...) must be a non-empty string; got {name!r}")
-        is_coroutine = _is_coroutine_function(fn)
-        _check_signature(fn, args, is_coroutine)
+        is_coroutine = is_coroutine_function(fn)
+        check_signature(fn, args, is_coroutine)
         with self._lock:
             if self._started:
                 raise RuntimeError(
-                    f"cannot add member {name or _callable_name(fn)!r}: this Group is already running. "
+                    f"cannot add member {name or callable_name(fn)!r}: this Group is already running. "
                     "Add every member before calling Group.run() (or liveswap.serve())."
                 )
-            self._members.append(_Member(self._unique_name(name or _callable_name(fn)), fn, args, is_coroutine))
+            label = unique_name(name or callable_name(fn), {m.name for m in self._members})
+            self._members.append(Member(label, fn, args, is_coroutine))
 
     @overload
     def task(self, fn: _F, /) -> _F: ...
@@ -207,15 +162,6 @@ class Group:
             return f
 
         return decorate if fn is None else decorate(fn)
-
-    def _unique_name(self, base: str) -> str:
-        taken = {m.name for m in self._members}
-        if base not in taken:
-            return base
-        n = 2
-        while f"{base}#{n}" in taken:
-            n += 1
-        return f"{base}#{n}"
 
     # -- stopping ---------------------------------------------------------------------------------
 
@@ -269,9 +215,9 @@ class Group:
             logger.error("%s raised after its group finished", label, exc_info=exc)
             return
         seq = len(self._failures)
-        self._failures.append(_Failure(time.monotonic() if at is None else at, seq, label, exc))
+        self._failures.append(Failure(time.monotonic() if at is None else at, seq, label, exc))
 
-    def _returned(self, m: _Member) -> None:
+    def _returned(self, m: Member) -> None:
         if self._stopping or self._finished:
             logger.debug("member %r stopped", m.name)
         else:
@@ -304,7 +250,7 @@ class Group:
             asyncio.run(group.run(main))
         """
         if inspect.iscoroutine(main):
-            label = _callable_name(main)
+            label = callable_name(main)
             main.close()
             raise TypeError(
                 f"Group.run() got a coroutine object; pass the function itself: "
@@ -327,7 +273,7 @@ class Group:
         loop = asyncio.get_running_loop()
         self._stop_event = stop_event = asyncio.Event()
         self._wake = asyncio.Event()
-        main_label = f"main {_callable_name(main)!r}"
+        main_label = f"main {callable_name(main)!r}"
         self._main_task = main_task = loop.create_task(
             self._run_main(main, stop_event, main_label), name="liveswap.group:main"
         )
@@ -350,7 +296,7 @@ class Group:
             self._loop = None
         self._raise_failures(cancelled)
 
-    def _start(self, m: _Member, loop: asyncio.AbstractEventLoop) -> None:
+    def _start(self, m: Member, loop: asyncio.AbstractEventLoop) -> None:
         if m.is_coroutine:
             m.done = loop.create_task(self._run_coroutine_member(m), name=f"liveswap.group:{m.name}")
             return
@@ -384,7 +330,7 @@ class Group:
                 logger.info("%s returned", label)
             loop.call_soon(self._begin_stop, f"{label} returned")
 
-    async def _run_coroutine_member(self, m: _Member) -> None:
+    async def _run_coroutine_member(self, m: Member) -> None:
         loop = asyncio.get_running_loop()
         try:
             await cast(Awaitable[object], m.fn(*m.args))
@@ -399,7 +345,7 @@ class Group:
         else:
             self._returned(m)
 
-    def _run_thread_member(self, m: _Member, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None]) -> None:
+    def _run_thread_member(self, m: Member, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None]) -> None:
         error: BaseException | None = None
         try:
             result = m.fn(m.stop, *m.args)
@@ -420,7 +366,7 @@ class Group:
             if error is not None:
                 logger.error("member %r raised after its group finished", m.name, exc_info=error)
 
-    def _thread_finished(self, m: _Member, done: asyncio.Future[None], error: BaseException | None, at: float) -> None:
+    def _thread_finished(self, m: Member, done: asyncio.Future[None], error: BaseException | None, at: float) -> None:
         if not done.done():
             done.set_result(None)
         if error is None:
@@ -433,95 +379,16 @@ class Group:
         self,
         main_task: asyncio.Task[None],
         main_label: str,
-        members: list[_Member],
+        members: list[Member],
         cancelled: asyncio.CancelledError | None,
     ) -> asyncio.CancelledError | None:
         """Wait for everything to stop; deal with stragglers. Returns a CancelledError if cancelled here."""
-        waiting: dict[asyncio.Future[None], tuple[str, _Member | None]] = {main_task: (main_label, None)}
+        waiting: dict[asyncio.Future[None], tuple[str, Member | None]] = {main_task: (main_label, None)}
         for m in members:
             if m.done is not None:
                 waiting[m.done] = (f"member {m.name!r}", m)
-        pending = {f for f in waiting if not f.done()}
-        # Even when run() itself was cancelled (Ctrl-C under asyncio.run), everything gets its
-        # shutdown_timeout; a second cancellation cuts the waiting short.
-        if pending:
-            try:
-                _, pending = await asyncio.wait(pending, timeout=self._shutdown_timeout)
-            except asyncio.CancelledError as exc:
-                logger.warning("Group.run() was cancelled while stopping; not waiting for the rest")
-                cancelled = exc
-                pending = {f for f in pending if not f.done()}
-
-        recancelled: set[asyncio.Future[None]] = set()
-        for fut in sorted(pending, key=lambda f: waiting[f][0]):
-            label, member = waiting[fut]
-            if member is not None and not member.is_coroutine:
-                logger.warning("%s did not stop within %s s; abandoning its thread", label, self._shutdown_timeout)
-            else:
-                logger.warning("%s did not stop within %s s; cancelling it again", label, self._shutdown_timeout)
-                fut.cancel()
-                recancelled.add(fut)
-        if recancelled:
-            try:
-                _, still = await asyncio.wait(recancelled, timeout=RECANCEL_GRACE)
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-                still = {f for f in recancelled if not f.done()}
-            for fut in still:
-                logger.error("%s ignored cancellation; leaving it running in the event loop", waiting[fut][0])
-        return cancelled
+        return await wait_for_stop(waiting, self._shutdown_timeout, cancelled)
 
     def _raise_failures(self, cancelled: asyncio.CancelledError | None) -> None:
-        failures = sorted(self._failures, key=lambda f: (f.at, f.seq))
-        self._failures = []  # the exceptions hold tracebacks and frames: don't keep them alive here
-        if cancelled is not None:
-            for f in failures:
-                logger.error("%s failed", f.label, exc_info=f.exc)
-            raise cancelled
-        if not failures:
-            return
-        first, later = failures[0], failures[1:]
-        if later:
-            for f in later:
-                logger.error("%s also failed (after %s)", f.label, first.label, exc_info=f.exc)
-            lines = "\n".join(f"  - {f.label}: {f.exc!r}" for f in later)
-            first.exc.add_note(f"liveswap.Group: {len(later)} later error(s), also logged:\n{lines}")
-        raise first.exc
-
-
-def _is_coroutine_function(fn: Callable[..., object]) -> bool:
-    # iscoroutinefunction() sees through functools.partial but not instances with `async def __call__`.
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
-
-
-def _callable_name(fn: object) -> str:
-    """A short human name: ``refresher``, ``Cache.refresh``, ``Poller`` (for an instance)."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    name = getattr(fn, "__qualname__", None)
-    if not isinstance(name, str):
-        name = type(fn).__qualname__
-    # Functions defined inside other functions: "make_app.<locals>.refresher" says less than "refresher".
-    return name.rpartition("<locals>.")[2]
-
-
-def _check_signature(fn: Callable[..., object], args: tuple[object, ...], is_coroutine: bool) -> None:
-    """Fail in add(), not minutes later in a thread, when fn cannot take the arguments it will get."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return  # some builtins have no signature: trust the caller
-    label = _callable_name(fn)
-    try:
-        if is_coroutine:
-            sig.bind(*args)
-        else:
-            sig.bind(object(), *args)
-    except TypeError as exc:
-        extra = "".join(f", {a!r}" for a in args)
-        if is_coroutine:
-            raise TypeError(f"{label}{sig} cannot be called as {label}({extra[2:]}): {exc}") from None
-        raise TypeError(
-            f"{label}{sig} cannot be called as {label}(stop{extra}): {exc}. Group.add() expects {_EXPECTED}, "
-            f"e.g. `def {label}(stop: threading.Event) -> None: while not stop.wait(1.0): ...`"
-        ) from None
+        failures, self._failures = self._failures, []  # they hold tracebacks and frames: don't keep them here
+        raise_failures(failures, cancelled)
