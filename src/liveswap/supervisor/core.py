@@ -22,12 +22,12 @@ from ..config import Settings
 from ..control import ControlServer
 from ..notify import Notifier, NotifyReceiver
 from ..sockets import Listener, close_all, describe
-from ..worker.channel import beat_interval
 from .events import ChildrenExited, Event, NotifyReadable, ReloadAsked, StopAsked
 from .generation import BootFailed, Generation, GenerationStatus, GenState, Worker, WorkerState
 from .health import health_host
 from .kinds import WorkerKind
 from .kinds.python import PythonWorkers
+from .lifecycle import ACK_TIMEOUT, Lifecycle
 from .restarts import Restarts
 from .transaction import ReloadOutcome, Reloads, RollBack
 
@@ -38,8 +38,6 @@ __all__ = ["Status", "Supervisor"]
 
 log = logging.getLogger("liveswap.supervisor")
 
-ACK_TIMEOUT = 5.0  # for a worker to confirm "go" or "drain"
-STALE_BEATS = 3  # this many heartbeat intervals without one: a reload does not wait for the worker
 T = TypeVar("T")
 
 
@@ -85,6 +83,7 @@ class Supervisor:
         self.kind: WorkerKind = PythonWorkers(settings, listeners, self.notify_rx.name, self.spawn_task)
         self.reloads = Reloads(self, RollBack())
         self.restarts = Restarts(self)
+        self.workers = Lifecycle(self)
 
     # ---- plumbing ---------------------------------------------------------------------------
     def spawn_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -177,7 +176,7 @@ class Supervisor:
                 self._reap()
             elif isinstance(event, NotifyReadable):
                 for pid, fields in self.notify_rx.receive():
-                    self._on_notify(pid, fields)
+                    self.on_notify(pid, fields)
             elif isinstance(event, ReloadAsked):
                 self.reloads.request(event.reason)
             elif self.stopping and event.sig is signal.SIGINT:
@@ -207,9 +206,9 @@ class Supervisor:
                 if len(self.early_exits) > 256:
                     del self.early_exits[next(iter(self.early_exits))]
             else:
-                self._on_exit(worker, code)
+                self.on_exit(worker, code)
 
-    def _on_notify(self, pid: int, fields: dict[str, str]) -> None:
+    def on_notify(self, pid: int, fields: dict[str, str]) -> None:
         worker = self.by_pid.get(pid)
         if worker is None:
             self.early_notify.setdefault(pid, []).append(fields)
@@ -217,7 +216,7 @@ class Supervisor:
         if fields.get("READY") == "1" and not worker.ready.done():
             worker.ready.set_result(None)
 
-    def _on_exit(self, worker: Worker, code: int) -> None:
+    def on_exit(self, worker: Worker, code: int) -> None:
         prev = worker.state
         worker.state = WorkerState.DEAD
         self.by_pid.pop(worker.pid, None)
@@ -259,119 +258,6 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGKILL)
 
-    # ---- one worker's boot, activation and drain ---------------------------------------------------
-    async def boot(self, gen: Generation, slot: int, restarts: int = 0) -> Worker:
-        """Spawn a worker and wait until it is ready and healthy (not yet accepting), all within one
-        --boot-timeout; raises BootFailed."""
-        loop = asyncio.get_running_loop()
-        worker = Worker(gen, slot, restarts=restarts)
-        gen.workers.append(worker)
-        deadline = loop.time() + self.settings.boot_timeout
-        try:
-            await self.kind.spawn(worker, self.settings.boot_timeout)
-        except BootFailed:
-            worker.state = WorkerState.DEAD
-            raise
-        self.by_pid[worker.pid] = worker
-        for fields in self.early_notify.pop(worker.pid, []):
-            self._on_notify(worker.pid, fields)
-        if worker.pid in self.early_exits:
-            self._on_exit(worker, self.early_exits.pop(worker.pid))
-        try:
-            await self._await_ready(worker, deadline)
-            status = await asyncio.wait_for(
-                self.kind.check_health(worker, self.settings.health_path, self.health_host),
-                max(0.0, deadline - loop.time()),
-            )
-            worker.health_status = status
-            if status >= 500:
-                raise BootFailed(f"health check GET {self.settings.health_path} answered {status}")
-        except TimeoutError:
-            self.kill(worker)
-            raise BootFailed(
-                f"{worker.describe()} was not ready and healthy within {self.settings.boot_timeout:g} s "
-                "(--boot-timeout)"
-            ) from None
-        except BootFailed:
-            self.kill(worker)
-            raise
-        worker.state = WorkerState.READY
-        return worker
-
-    async def _await_ready(self, worker: Worker, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        waits: list[asyncio.Future[Any]] = [worker.ready, worker.exited]
-        done, _ = await asyncio.wait(
-            waits, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED
-        )
-        if worker.ready in done:
-            return
-        if worker.exited in done:
-            await self.kind.last_words(worker)
-            if worker.boot_error:
-                raise BootFailed(*worker.boot_error)
-            raise BootFailed(f"{worker.describe()} exited before it was ready ({exit_text(worker.exited.result())})")
-        raise TimeoutError
-
-    async def activate(self, workers: list[Worker]) -> None:
-        """Let ready workers take public traffic."""
-        await self.kind.activate(workers, ACK_TIMEOUT)
-        now = time.monotonic()
-        for w in workers:
-            if w.state is WorkerState.READY:
-                w.state = WorkerState.LIVE
-                w.live_at = w.last_beat = now
-
-    def drain_generation(self, gen: Generation) -> None:
-        gen.state = GenState.DRAINING
-        for timer in gen.restart_pending.values():
-            timer.cancel()
-        gen.restart_pending.clear()
-        for w in gen.alive():
-            self.drain_worker(w)
-        if not gen.alive():
-            gen.state = GenState.GONE
-
-    async def stopped_accepting(self, gen: Generation) -> None:
-        """Wait until every worker of ``gen`` has closed its listeners (or exited): from then on no
-        new connection can reach the old code, so the reload's caller is told only then. A worker
-        whose loop has stopped turning cannot answer: the reload does not wait for it (the watchdog
-        replaces it, and the drain timeout ends it)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ACK_TIMEOUT
-        for w in gen.alive():
-            silent = self.restarts.silent_for(w)
-            if silent > STALE_BEATS * beat_interval(self.settings.worker_timeout):
-                log.warning(
-                    "%s has sent no heartbeat for %.1f s: not waiting for it to stop accepting", w.describe(), silent
-                )
-                continue
-            waits: list[asyncio.Future[Any]] = [w.draining, w.exited]
-            left = deadline - loop.time()
-            if left > 0:
-                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            if not (w.draining.done() or w.exited.done()):
-                log.warning("%s did not confirm within %.0f s that it stopped accepting", w.describe(), ACK_TIMEOUT)
-
-    def drain_worker(self, worker: Worker, final: bool = False) -> None:
-        """Tell ``worker`` to stop accepting and finish what it has; SIGKILL at --drain-timeout."""
-        if worker.state in (WorkerState.DEAD, WorkerState.DRAINING):
-            return
-        worker.state = WorkerState.DRAINING
-        worker.expected_exit = True
-        worker.live_at = time.monotonic()
-        self.kind.drain(worker, final)
-        worker.hammer = asyncio.get_running_loop().call_later(self.settings.drain_timeout, self._hammer, worker)
-
-    def _hammer(self, worker: Worker) -> None:
-        if worker.state is not WorkerState.DEAD:
-            log.warning(
-                "hammer time: %s still draining after %.1f s (--drain-timeout); sending SIGKILL",
-                worker.describe(),
-                self.settings.drain_timeout,
-            )
-            self.kill(worker)
-
     # ---- stopping ---------------------------------------------------------------------------------
     async def _stop(self, graceful: bool) -> None:
         self.stopping = True
@@ -387,7 +273,7 @@ class Supervisor:
             gen.restart_pending.clear()
             for w in gen.alive():
                 if graceful and w.state in (WorkerState.LIVE, WorkerState.DRAINING):
-                    self.drain_worker(w, final=True)
+                    self.workers.drain_worker(w, final=True)
                 else:
                     self.kill(w)
         waits = [w.exited for g in self.generations for w in g.workers if not w.exited.done()]

@@ -61,7 +61,7 @@ class Restarts:
             return
         self.restarts += 1
         try:
-            worker = await sup.boot(gen, slot, restarts)
+            worker = await sup.workers.boot(gen, slot, restarts)
         except BootFailed as exc:
             log.error("restart of slot %d (generation %d) failed: %s", slot, gen.number, exc)
             if exc.detail:
@@ -71,9 +71,9 @@ class Restarts:
             self.schedule(gen, dead)
             return
         if gen is not sup.live or sup.stopping:
-            sup.drain_worker(worker)
+            sup.workers.drain_worker(worker)
             return
-        await sup.activate([worker])
+        await sup.workers.activate([worker])
         log.info("%s replaced the crashed worker (restart %d)", worker.describe(), restarts)
 
     # ---- hung workers ------------------------------------------------------------------------------
@@ -115,16 +115,16 @@ class Restarts:
         if gen is sup.live and not sup.stopping:
             self.restarts += 1
             try:
-                worker = await sup.boot(gen, hung.slot, hung.restarts + 1)
+                worker = await sup.workers.boot(gen, hung.slot, hung.restarts + 1)
             except BootFailed as exc:
                 log.error("replacement of hung %s failed: %s", hung.describe(), exc)
             else:
                 if gen is sup.live and not sup.stopping:
-                    await sup.activate([worker])
+                    await sup.workers.activate([worker])
                     log.info("%s replaced the hung %s", worker.describe(), hung.describe())
                     replaced = True
                 else:
-                    sup.drain_worker(worker)
+                    sup.workers.drain_worker(worker)
         if process_state(hung.pid) == "T":
             # SIGSTOP (a person, a freezer): nothing is stuck, so resume it and let it drain; its
             # in-flight requests complete instead of dying with it.
@@ -132,7 +132,7 @@ class Restarts:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(hung.pid, signal.SIGCONT)
             hung.state = WorkerState.LIVE
-            sup.drain_worker(hung)
+            sup.workers.drain_worker(hung)
         else:
             await self._kill_with_stacks(hung)
         if not replaced and gen is sup.live and not sup.stopping:

@@ -121,7 +121,7 @@ class Reloads:
         if old is not None:
             sup.systemd.reloading()
             log.info("reload: starting generation %d (%s)", gen.number, reason)
-        boots = [sup.spawn_task(sup.boot(gen, slot)) for slot in range(sup.settings.workers)]
+        boots = [sup.spawn_task(sup.workers.boot(gen, slot)) for slot in range(sup.settings.workers)]
         done, pending = await asyncio.wait(boots, return_when=asyncio.FIRST_EXCEPTION)
         failure = next((t.exception() for t in done if t.exception() is not None), None)
         if sup.stopping:  # a stop arrived during the reload (its workers were killed): not a rollback
@@ -142,12 +142,12 @@ class Reloads:
             if sup.stopping:
                 outcome["stopping"] = True
         else:
-            await sup.activate(gen.workers)
+            await sup.workers.activate(gen.workers)
             gen.state = GenState.LIVE
             sup.live = gen
             if old is not None:
-                sup.drain_generation(old)
-                await sup.stopped_accepting(old)
+                sup.workers.drain_generation(old)
+                await sup.workers.stopped_accepting(old)
             warning, hint = health.warning_for(
                 gen.number, [w.health_status for w in gen.workers], sup.settings.health_path, sup.health_host
             )
