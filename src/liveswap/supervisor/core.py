@@ -32,7 +32,7 @@ from .restarts import Restarts
 from .transaction import ReloadOutcome, Reloads, RollBack
 
 if TYPE_CHECKING:
-    from ..debug.supervisor_proxy import DebugHub
+    from ..debug.hub import DebugHub
 
 __all__ = ["Status", "Supervisor"]
 
@@ -105,7 +105,7 @@ class Supervisor:
         # --debug-bind: bound before anything starts, so a bad address fails cleanly (a DebugBindError,
         # a LiveswapError with a hint). Imported only here: it needs h11, never uvicorn.
         if self.settings.debug_bind:
-            from ..debug.supervisor_proxy import DebugHub
+            from ..debug.hub import DebugHub
 
             self.debug = DebugHub.bind(
                 self.settings.debug_bind, name=self.name, status=self.status, token=self.settings.debug_token or None
