@@ -28,7 +28,6 @@ def test_public_api() -> None:
             "Group",
             "LiveswapError",
             "NoInstanceError",
-            "ReloadFailed",
             "__version__",
             "serve",
         ]

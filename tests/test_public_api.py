@@ -17,7 +17,6 @@ def test_all_lists_the_public_names() -> None:
         "Group",
         "LiveswapError",
         "NoInstanceError",
-        "ReloadFailed",
         "__version__",
         "serve",
     ]

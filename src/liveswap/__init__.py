@@ -12,7 +12,6 @@ from .errors import (
     ControlError,
     LiveswapError,
     NoInstanceError,
-    ReloadFailed,
 )
 
 TYPE_CHECKING = False
@@ -30,7 +29,6 @@ __all__ = [
     "Group",
     "LiveswapError",
     "NoInstanceError",
-    "ReloadFailed",
     "__version__",
     "serve",
 ]

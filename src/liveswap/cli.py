@@ -17,7 +17,7 @@ import click
 from . import __version__
 from ._os import EXIT_ERROR, EXIT_USAGE
 from .config import OPTIONS, Option, load_settings, option, parse_duration
-from .errors import AppLoadError, ConfigError, LiveswapError, ReloadFailed
+from .errors import AppLoadError, ConfigError, LiveswapError
 
 WAIT_INTERVAL = 0.02  # how often `liveswap stop` looks for the instance's exit when it cannot be told (no pidfd)
 
@@ -156,8 +156,7 @@ def reload(name: str | None, timeout: float) -> None:
         f"reload failed after {reply.get('duration_ms')} ms; rolled back, the previous generation keeps serving",
         err=True,
     )
-    err = ReloadFailed(str(reply.get("error")), hint=None)
-    click.echo(f"liveswap: error: {err}", err=True)
+    click.echo(f"liveswap: error: {reply.get('error')}", err=True)
     if reply.get("detail"):
         click.echo(str(reply["detail"]), err=True)
     sys.exit(EXIT_ERROR)

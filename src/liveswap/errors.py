@@ -4,9 +4,8 @@
      |-- ConfigError              an option has a bad value (message says which and what is expected)
      |-- BindError                a listening socket could not be bound or inherited
      |-- AppLoadError             the app could not be imported or is not an ASGI/WSGI app
-     |-- ControlError             talking to a running instance failed
-     |    '-- NoInstanceError     no running instance answers on the control socket
-     '-- ReloadFailed             a reload was rolled back (the old generation keeps serving)
+     '-- ControlError             talking to a running instance failed
+          '-- NoInstanceError     no running instance answers on the control socket
 
 Every error carries an optional ``hint``: one line saying what usually fixes it, printed by the CLI
 as ``hint: ...`` under the message (as lrt does).
@@ -21,7 +20,6 @@ __all__ = [
     "ControlError",
     "LiveswapError",
     "NoInstanceError",
-    "ReloadFailed",
 ]
 
 
@@ -55,7 +53,3 @@ class ControlError(LiveswapError):
 
 class NoInstanceError(ControlError):
     """No running liveswap instance answers on the control socket."""
-
-
-class ReloadFailed(LiveswapError):
-    """A reload was rolled back; the previous generation keeps serving."""

@@ -43,7 +43,7 @@ class Option:
     parse: Callable[[Any], Any] = str
     multiple: bool = False
     flag_is_switch: bool = False
-    commands: tuple[str, ...] = ("run", "dev")
+    commands: tuple[str, ...] = ("run",)  # the CLI commands that take it
 
     @property
     def flag(self) -> str:
@@ -190,13 +190,11 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "Serve the debug endpoints (stacks, profile, heap, metrics) on this loopback "
         "address, e.g. 127.0.0.1:6060. Off by default.",
-        commands=("run",),
     ),
     Option(
         "debug_token",
         "",
         "Require this token (?token= or Authorization: Bearer) on the debug server.",
-        commands=("run",),
     ),
 )
 

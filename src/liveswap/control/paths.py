@@ -16,28 +16,26 @@ from ..errors import ControlError
 __all__ = ["runtime_dir", "socket_path", "worker_debug_dir"]
 
 
-def runtime_dir(create: bool = True) -> Path:
-    """Our per-user directory, checked to be ours and private."""
+def runtime_dir() -> Path:
+    """Our per-user directory (created if need be), checked to be ours and private."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg):
         base = Path(xdg) / "liveswap"
     else:
         base = Path(tempfile.gettempdir()) / f"liveswap-{os.getuid()}"
-    if create:
-        try:
-            base.mkdir(mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise ControlError(
-                f"cannot create the runtime directory {base}: {exc.strerror}",
-                hint="set XDG_RUNTIME_DIR to a writable directory",
-            ) from None
-    if base.exists():
-        st = base.lstat()
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise ControlError(
-                f"{base} is not a private directory owned by uid {os.getuid()}",
-                hint="remove it (it may have been planted by another user) or set XDG_RUNTIME_DIR",
-            )
+    try:
+        base.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ControlError(
+            f"cannot create the runtime directory {base}: {exc.strerror}",
+            hint="set XDG_RUNTIME_DIR to a writable directory",
+        ) from None
+    st = base.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ControlError(
+            f"{base} is not a private directory owned by uid {os.getuid()}",
+            hint="remove it (it may have been planted by another user) or set XDG_RUNTIME_DIR",
+        )
     return base
 
 
