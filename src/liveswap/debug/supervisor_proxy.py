@@ -1,4 +1,0 @@
-# Removed once supervisor imports from debug.hub (``from .debug.hub import DebugHub``).
-from .hub import DebugHub
-
-__all__ = ["DebugHub"]
