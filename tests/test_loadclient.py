@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import select
 import socket
@@ -352,11 +353,19 @@ def test_no_answer_is_timeout_and_stop_is_bounded(servers: Callable[..., TinySer
     assert res.unjoined_threads == 0
 
 
+def _fixed_reply(reply: bytes, server: object, n: int, headers: object, body: object) -> bytes:
+    return reply
+
+
+def _at_least(budget: int, r: Result) -> bool:
+    return r.total >= budget
+
+
 @pytest.mark.timeout(30)
 def test_garbage_is_bad_response(servers: Callable[..., TinyServer]) -> None:
     for garbage in (b"HELLO\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):  # fmt: skip
-        srv = servers(serve_requests(lambda server, n, headers, body, g=garbage: g))
+        srv = servers(serve_requests(functools.partial(_fixed_reply, garbage)))
         only(run(srv.port, lambda r: r.total >= 10, concurrency=2), "bad_response")
 
 
@@ -392,7 +401,7 @@ def test_post_verifies_length_and_hash(servers: Callable[..., TinyServer]) -> No
 def test_max_requests_is_exact_and_handshake_survives_small_budgets(servers: Callable[..., TinyServer]) -> None:
     srv = servers(serve_requests(healthy))
     for budget in (0, 3, 57):
-        res = run(srv.port, lambda r, b=budget: r.total >= b, concurrency=8, max_requests=budget)
+        res = run(srv.port, functools.partial(_at_least, budget), concurrency=8, max_requests=budget)
         assert res.total == res.ok == budget, res.summary()
 
     lc = LoadClient(port=srv.port, concurrency=2, max_requests=5)
@@ -419,4 +428,4 @@ def test_examples_are_capped_and_summary_lists_them(servers: Callable[..., TinyS
 def test_invalid_arguments_raise() -> None:
     for kw in ({"mode": "pipeline"}, {"concurrency": 0}, {"timeout": 0}):
         with pytest.raises(ValueError):
-            LoadClient(**kw)  # type: ignore[arg-type]
+            LoadClient(**kw)
