@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 __all__ = ["setup_logging"]
 
-_FORMAT = "%(asctime)s.%(msecs)03d liveswap[%(process)d] %(role)s %(levelname)s %(message)s"
+_FORMAT = "%(asctime)s.%(msecs)03dZ liveswap[%(process)d] %(role)s %(levelname)s %(message)s"
+
+
+def _formatter() -> logging.Formatter:
+    # UTC: an app may change its process's time zone (Django sets TZ from TIME_ZONE), and the lines
+    # of the supervisor and of its workers must still read on one clock.
+    formatter = logging.Formatter(_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    return formatter
 
 
 class _Tag(logging.Filter):
@@ -27,7 +36,7 @@ def setup_logging(level: str = "info", role: str = "supervisor", access_log: boo
     ``role`` is ``supervisor``, ``template`` or ``gen=N`` for a worker of generation N.
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(_formatter())
     handler.addFilter(_Tag(role))
     numeric = getattr(logging, level.upper(), logging.INFO)
     for name in ("liveswap", "uvicorn", "uvicorn.error", "uvicorn.access"):
