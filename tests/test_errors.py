@@ -24,7 +24,7 @@ import pytest
 from conftest import APPS, Instance, MakeInstance
 
 from liveswap import serve
-from liveswap.cli import _alive, _wait_exit
+from liveswap._os import alive, wait_exit
 from liveswap.errors import AppLoadError, ConfigError
 from liveswap.http.app import app_traceback, check_app, import_app, load_app
 
@@ -441,23 +441,23 @@ def test_exit_is_seen_for_a_process_that_is_not_our_child_to_reap(tmp_path: Path
     """A zombie has exited (the instance's parent may be slow to reap it): both ways of waiting say so."""
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
-        assert _alive(child.pid) and not _wait_exit(child.pid, tmp_path / "x.sock", time.monotonic() + 0.1)
+        assert alive(child.pid) and not wait_exit(child.pid, tmp_path / "x.sock", time.monotonic() + 0.1)
         assert child.stdin is not None
         child.stdin.close()  # it exits; not reaped until child.wait()
-        assert _wait_exit(child.pid, tmp_path / "x.sock", time.monotonic() + 30)
+        assert wait_exit(child.pid, tmp_path / "x.sock", time.monotonic() + 30)
         with open(f"/proc/{child.pid}/stat") as f:
             assert f.read().rpartition(")")[2].split()[0] == "Z"  # a zombie indeed
-        assert not _alive(child.pid)
+        assert not alive(child.pid)
     finally:
         child.kill()
         child.wait(10)
-    assert not _alive(child.pid)
+    assert not alive(child.pid)
     # No pid to watch (another pid namespace): the control socket going away is the sign.
     control = tmp_path / "inst.sock"
     control.touch()
-    assert not _wait_exit(0, control, time.monotonic() + 0.05)
+    assert not wait_exit(0, control, time.monotonic() + 0.05)
     control.unlink()
-    assert _wait_exit(0, control, time.monotonic() + 0.05)
+    assert wait_exit(0, control, time.monotonic() + 0.05)
 
 
 # ---- 7: tracebacks show the app's frames only -------------------------------------------------------------

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import socket
 import struct
 import time
+from pathlib import Path
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "EXIT_USAGE",
     "Credentials",
     "adopted_by",
+    "alive",
+    "wait_exit",
     "become_subreaper",
     "die_with_parent",
     "exit_text",
@@ -42,6 +46,7 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 UCRED_SIZE = _UCRED.size
+WAIT_INTERVAL = 0.02  # how often wait_exit looks when the kernel cannot tell it (no pidfd)
 
 _libc: Any = None
 
@@ -114,3 +119,53 @@ def process_state(pid: int) -> str:
         return ""
     end = stat.rfind(b")")  # the command name may itself contain ")"
     return stat[end + 2 : end + 3].decode()
+
+
+def wait_exit(pid: int, control: Path, deadline: float) -> bool:
+    """Wait until process ``pid`` has exited (it is not our child: no waitpid); False at the deadline.
+
+    A pidfd says exactly when, whoever the parent is, and cannot be fooled by a reused pid. Without
+    one (old kernel, seccomp), poll /proc. With no pid (the instance lives in another pid namespace),
+    wait for its control socket to go: it is removed once every worker has exited.
+    """
+    if pid <= 0:
+        while control.exists():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(WAIT_INTERVAL)
+        return True
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        while alive(pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(WAIT_INTERVAL)
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)  # readable once the process has exited (a zombie counts)
+        while True:
+            left = deadline - time.monotonic()
+            if poller.poll(max(0, int(left * 1000) + 1)):
+                return True
+            if left <= 0:
+                return False
+    finally:
+        os.close(fd)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, its parent has not reaped it yet) does not."""
+    state = process_state(pid)
+    if state or os.path.isdir("/proc/self"):  # with /proc, no entry means gone
+        return state not in ("", "Z")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

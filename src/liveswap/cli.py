@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import select
 import sys
 import time
 from collections.abc import Callable
@@ -15,11 +14,9 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from ._os import EXIT_ERROR, EXIT_USAGE
+from ._os import EXIT_ERROR, EXIT_USAGE, wait_exit
 from .config import OPTIONS, Option, load_settings, option, parse_duration
 from .errors import AppLoadError, ConfigError, LiveswapError
-
-WAIT_INTERVAL = 0.02  # how often `liveswap stop` looks for the instance's exit when it cannot be told (no pidfd)
 
 
 def _fail(exc: LiveswapError, code: int = EXIT_ERROR) -> NoReturn:
@@ -189,7 +186,7 @@ def stop(name: str | None, timeout: float, no_wait: bool) -> None:
         click.echo(f"stopping liveswap pid {pid}")
         return
     click.echo(f"stopping liveswap pid {pid}: waiting for it to drain and exit")
-    if not _wait_exit(answer.peer_pid, answer.path, t0 + timeout):
+    if not wait_exit(answer.peer_pid, answer.path, t0 + timeout):
         _fail(
             LiveswapError(
                 f"liveswap pid {pid} has not exited {timeout:g} s after the stop request",
@@ -199,59 +196,6 @@ def stop(name: str | None, timeout: float, no_wait: bool) -> None:
             )
         )
     click.echo(f"stopped liveswap pid {pid} in {time.monotonic() - t0:.2f} s")
-
-
-def _wait_exit(pid: int, control: Path, deadline: float) -> bool:
-    """Wait until process ``pid`` has exited (it is not our child: no waitpid); False at the deadline.
-
-    A pidfd says exactly when, whoever the parent is, and cannot be fooled by a reused pid. Without
-    one (old kernel, seccomp), poll /proc. With no pid (the instance lives in another pid namespace),
-    wait for its control socket to go: it is removed once every worker has exited.
-    """
-    if pid <= 0:
-        while control.exists():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(WAIT_INTERVAL)
-        return True
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        while _alive(pid):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(WAIT_INTERVAL)
-        return True
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)  # readable once the process has exited (a zombie counts)
-        while True:
-            left = deadline - time.monotonic()
-            if poller.poll(max(0, int(left * 1000) + 1)):
-                return True
-            if left <= 0:
-                return False
-    finally:
-        os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs; a zombie (exited, its parent has not reaped it yet) does not."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
 
 @cli.command()

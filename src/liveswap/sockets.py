@@ -26,7 +26,6 @@ __all__ = [
     "bind_all",
     "describe",
     "inherit_listen_fds",
-    "listen_env",
     "parse_bind",
 ]
 
@@ -255,20 +254,6 @@ def adopt_fds(fds: Sequence[int], names: Sequence[str]) -> list[Listener]:
         os.set_inheritable(fd, False)
         listeners.append(Listener(socket.socket(fileno=fd), names[i] if i < len(names) else f"fd{fd}"))
     return listeners
-
-
-def listen_env(listeners: Sequence[Listener], pid: int) -> dict[str, str]:
-    """The LISTEN_* variables for a child that has the sockets at fds 3, 4, ..."""
-    return {
-        "LISTEN_FDS": str(len(listeners)),
-        "LISTEN_PID": str(pid),
-        "LISTEN_FDNAMES": ":".join(_fdname(lst.name) for lst in listeners),
-    }
-
-
-def _fdname(name: str) -> str:
-    # LISTEN_FDNAMES entries may not contain ':' and are at most 255 characters.
-    return name.replace(":", "_")[:255]
 
 
 def describe(sock: socket.socket) -> str:
