@@ -10,7 +10,7 @@
   3. rps      steady-state requests/s, liveswap (1 worker) / bare uvicorn (1 worker), interleaved
   4. memory   RSS of the supervisor after startup and after 20 reloads (template, worker for context)
 
-    .venv/bin/python benchmarks/reload_bench.py            # everything, about 20 minutes
+    .venv/bin/python benchmarks/reload_bench.py            # everything, about 15 minutes
     .venv/bin/python benchmarks/reload_bench.py --quick    # a short smoke run, not a measurement
     .venv/bin/python benchmarks/reload_bench.py --only latency,memory
     .venv/bin/python benchmarks/reload_bench.py --only load --apps wsgi,stream-wsgi
@@ -708,7 +708,9 @@ def liveswap_processes(srv: Server) -> dict[str, int]:
     they are told apart by the worker pids in ``liveswap status``."""
     st = srv.liveswap_status()
     workers = [w["pid"] for g in st["generations"] if g["state"] == "live" for w in g["workers"]]
-    template = [k for k in children(srv.pid) if k not in workers and "liveswap._template" in cmdline(k)]
+    # "-m liveswap.template.process" since a555377, "-m liveswap._template" before it
+    markers = ("liveswap.template", "liveswap._template")
+    template = [k for k in children(srv.pid) if k not in workers and any(m in cmdline(k) for m in markers)]
     return {"template": template[0] if template else 0, "worker": workers[0] if workers else 0}
 
 
