@@ -9,6 +9,7 @@ connections queued at a stop were reset.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -18,8 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Instance, wait_until
+from conftest import Instance, MakeInstance, wait_until
 from loadclient import LoadClient
+
+import liveswap as liveswap_pkg
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,7 +35,7 @@ def _get(inst: Instance, path: str = "/") -> httpx.Response:
 
 
 @pytest.mark.parametrize("app", ["versioned:app", "fastapi_lifespan:app"])
-def test_lifespan_that_raises_rolls_back_with_the_apps_own_error(liveswap: Any, app: str) -> None:
+def test_lifespan_that_raises_rolls_back_with_the_apps_own_error(liveswap: MakeInstance, app: str) -> None:
     inst = liveswap(app=app)
     inst.write_state("2 raise-startup")
     mark = inst.mark()
@@ -48,7 +51,7 @@ def test_lifespan_that_raises_rolls_back_with_the_apps_own_error(liveswap: Any, 
     assert _get(inst).status_code == 200
 
 
-def test_initial_start_with_failing_lifespan_exits_3_with_the_reason(liveswap: Any) -> None:
+def test_initial_start_with_failing_lifespan_exits_3_with_the_reason(liveswap: MakeInstance) -> None:
     inst = liveswap(version="1 raise-startup", wait=False)
     assert inst.wait_exit(30) == 3
     out = inst.output()
@@ -56,7 +59,7 @@ def test_initial_start_with_failing_lifespan_exits_3_with_the_reason(liveswap: A
     assert "internal error" not in out and "<frozen importlib" not in out, out
 
 
-def test_expected_boot_failures_log_no_liveswap_traceback(liveswap: Any) -> None:
+def test_expected_boot_failures_log_no_liveswap_traceback(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--workers", "2"])
     mark = inst.mark()
     for behaviour in ("fail-import", "fail-startup", "unhealthy", "raise-startup"):
@@ -73,7 +76,7 @@ def test_expected_boot_failures_log_no_liveswap_traceback(liveswap: Any) -> None
 # ---- health checks -------------------------------------------------------------------------------
 
 
-def test_health_check_sends_the_public_host(liveswap: Any) -> None:
+def test_health_check_sends_the_public_host(liveswap: MakeInstance) -> None:
     inst = liveswap(app="hostcheck:app", args=["--health-path", "/"])
     inst.write_state("2 broken")  # the app answers 500 at / when the Host is one it allows
     out = inst.reload()
@@ -82,7 +85,7 @@ def test_health_check_sends_the_public_host(liveswap: Any) -> None:
     assert _get(inst).headers["x-app-version"] == "1"
 
 
-def test_a_4xx_health_answer_goes_live_with_a_warning(liveswap: Any) -> None:
+def test_a_4xx_health_answer_goes_live_with_a_warning(liveswap: MakeInstance) -> None:
     inst = liveswap(app="hostcheck:app", args=["--health-host", "evil.example"])
     inst.write_state("2")
     mark = inst.mark()
@@ -95,7 +98,7 @@ def test_a_4xx_health_answer_goes_live_with_a_warning(liveswap: Any) -> None:
 # ---- hung workers --------------------------------------------------------------------------------
 
 
-def test_stopped_worker_is_replaced_while_requests_keep_succeeding(liveswap: Any) -> None:
+def test_stopped_worker_is_replaced_while_requests_keep_succeeding(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--workers", "2", "--worker-timeout", "1s"])
     victim = inst.worker_pids()[0]
     lc = LoadClient(host=inst.host, port=inst.port, mode="close", concurrency=4, timeout=15.0)
@@ -117,7 +120,7 @@ def test_stopped_worker_is_replaced_while_requests_keep_succeeding(liveswap: Any
     assert status["hung"] == 1 and status["state"] == "serving"
 
 
-def test_blocked_loop_is_replaced_and_its_stack_logged(liveswap: Any) -> None:
+def test_blocked_loop_is_replaced_and_its_stack_logged(liveswap: MakeInstance) -> None:
     inst = liveswap(args=["--worker-timeout", "1s"])
     victim = inst.worker_pids()[0]
     mark = inst.mark()
@@ -133,7 +136,7 @@ def test_blocked_loop_is_replaced_and_its_stack_logged(liveswap: Any) -> None:
     assert _get(inst).status_code == 200
 
 
-def test_reload_does_not_wait_for_a_hung_worker(liveswap: Any) -> None:
+def test_reload_does_not_wait_for_a_hung_worker(liveswap: MakeInstance) -> None:
     # Heartbeats every 0.5 s: a worker silent for 1.5 s is not waited for; the watchdog (20 s) has
     # not replaced it yet when the reload happens.
     inst = liveswap(args=["--worker-timeout", "20s"])
@@ -169,7 +172,7 @@ def _one_generation(inst: Instance) -> bool:
 
 
 @pytest.mark.timeout(240)
-def test_fds_and_memory_stay_flat_over_many_reloads(liveswap: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fds_and_memory_stay_flat_over_many_reloads(liveswap: MakeInstance, monkeypatch: pytest.MonkeyPatch) -> None:
     from liveswap.control import request
 
     inst = liveswap(args=["--workers", "2", "--idle-grace", "0"])
@@ -187,7 +190,7 @@ def test_fds_and_memory_stay_flat_over_many_reloads(liveswap: Any, monkeypatch: 
     assert _rss_kb(pid) - rss0 < 2048, f"RSS grew by {_rss_kb(pid) - rss0} KB over 300 reloads"
 
 
-def test_stop_answers_every_connection_it_accepted(liveswap: Any) -> None:
+def test_stop_answers_every_connection_it_accepted(liveswap: MakeInstance) -> None:
     # While a stop drains a slow request, new connections are either refused (nothing listens any
     # more) or answered; none is accepted into a queue and then reset.
     inst = liveswap(args=["--workers", "2"])
@@ -218,7 +221,7 @@ def test_stop_answers_every_connection_it_accepted(liveswap: Any) -> None:
     assert len(slow) == 1 and isinstance(slow[0], httpx.Response) and slow[0].status_code == 200, slow
 
 
-def test_connections_queued_while_the_loop_is_blocked_are_answered_at_stop(liveswap: Any) -> None:
+def test_connections_queued_while_the_loop_is_blocked_are_answered_at_stop(liveswap: MakeInstance) -> None:
     inst = liveswap()
     mark = inst.mark()
     blocker = socket.create_connection((inst.host, inst.port), timeout=10)
@@ -243,7 +246,7 @@ def test_connections_queued_while_the_loop_is_blocked_are_answered_at_stop(lives
     assert inst.wait_exit(30) == 0
 
 
-def test_sigterm_during_a_reload_tells_the_caller_the_instance_is_stopping(liveswap: Any) -> None:
+def test_sigterm_during_a_reload_tells_the_caller_the_instance_is_stopping(liveswap: MakeInstance) -> None:
     inst = liveswap()
     inst.write_state("2 slow-import")
     mark = inst.mark()
@@ -259,3 +262,25 @@ def test_sigterm_during_a_reload_tells_the_caller_the_instance_is_stopping(lives
     assert "stopping" in out.stderr and "rolled back" not in out.stderr, out.stderr
     assert inst.wait_exit(30) == 0
     assert "reload failed" not in inst.output_since(mark)
+
+
+def test_a_template_that_cannot_start_fails_the_reload_and_the_stop_still_works(
+    liveswap: MakeInstance, tmp_path: Path
+) -> None:
+    # liveswap upgraded or moved in place under a running supervisor: the warm template sees its
+    # files change and exits, and a new one cannot import. The reload must fail with that reason,
+    # the old generation keep serving, and a stop still end the supervisor.
+    lib = tmp_path / "lib"
+    shutil.copytree(Path(liveswap_pkg.__file__).parent, lib / "liveswap", ignore=shutil.ignore_patterns("__pycache__"))
+    inst = liveswap(args=["--workers", "2"], env={"PYTHONPATH": str(lib)})
+    (lib / "liveswap" / "template").rename(lib / "liveswap" / "template_moved")
+    inst.write_state("2")
+    mark = inst.mark()
+    out = inst.reload()
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "the template process failed" in out.stderr, out.stderr
+    assert _get(inst).headers["x-app-version"] == "1"
+    assert "internal error" not in inst.output_since(mark)
+    assert inst.proc is not None
+    inst.proc.send_signal(signal.SIGTERM)
+    assert inst.wait_exit(30) == 0

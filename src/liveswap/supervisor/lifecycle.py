@@ -36,7 +36,7 @@ class Lifecycle:
         deadline = loop.time() + self.sup.settings.boot_timeout
         try:
             await self.sup.kind.spawn(worker, self.sup.settings.boot_timeout)
-        except BootFailed:
+        except BaseException:  # no process to wait for: never leave a worker a stop would wait on
             worker.state = WorkerState.DEAD
             raise
         self.sup.by_pid[worker.pid] = worker

@@ -131,25 +131,31 @@ class Spawner:
         await asyncio.wait_for(asyncio.shield(self.ready), timeout)
 
     async def spawn(self, env: dict[str, str], fds: Sequence[int], timeout: float) -> int:
-        """Fork a worker with ``env`` and ``fds`` (control, health, listeners...); returns its pid."""
-        for attempt in range(3):
-            await self._ensure(timeout)
-            assert self.chan is not None
+        """Fork a worker with ``env`` and ``fds`` (control, health, listeners...); returns its pid.
+
+        A template that is gone (stale after a deploy, crashed, or unable to start) is replaced, up
+        to three times within ``timeout``; then TemplateGone says why."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        why = "the template process could not be started"
+        for _ in range(3):
             rid = self.next_id
             self.next_id += 1
-            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            self.pending[rid] = fut
-            payload = json.dumps({"op": "spawn", "id": rid, "env": env}).encode()
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
             try:
-                self.chan.sendmsg([payload], ancillary)
-                return await asyncio.wait_for(fut, timeout)
-            except (TemplateGone, BrokenPipeError, ConnectionError):
-                if attempt == 2:
-                    raise
+                await self._ensure(max(0.0, deadline - loop.time()))
+                chan = self.chan
+                if chan is None:  # it exited while we waited
+                    raise TemplateGone("the template process exited")
+                fut: asyncio.Future[int] = loop.create_future()
+                self.pending[rid] = fut
+                payload = json.dumps({"op": "spawn", "id": rid, "env": env}).encode()
+                chan.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
+                return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
+            except (TemplateGone, BrokenPipeError, ConnectionError) as exc:
+                why = str(exc) or type(exc).__name__
             finally:
                 self.pending.pop(rid, None)
-        raise TemplateGone("could not start a template process")
+        raise TemplateGone(why)
 
     def close(self) -> None:
         self._gone("closing")

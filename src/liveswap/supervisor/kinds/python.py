@@ -20,7 +20,7 @@ from typing import Any
 
 from ...config import Settings
 from ...sockets import Listener
-from ...template.spawner import Spawner
+from ...template.spawner import Spawner, TemplateGone
 from ...worker import channel
 from ..generation import BootFailed, Worker
 from ..health import probe
@@ -80,6 +80,13 @@ class PythonWorkers:
             finally:
                 control_child.close()
                 health_child.close()
+        except TemplateGone as exc:
+            control.close()
+            health.close()
+            raise BootFailed(
+                f"could not start a worker: the template process failed ({exc}); its own error is in the log",
+                "if liveswap itself was upgraded or moved while running, restart the service",
+            ) from None
         except (OSError, TimeoutError) as exc:
             control.close()
             health.close()
