@@ -28,10 +28,21 @@ _LISTENING = re.compile(r"serving \S+ on .*?http://(\[[^\]]+\]|[^:/\s]+):(\d+)")
 class Instance:
     """One ``liveswap run`` process under test."""
 
-    def __init__(self, tmp: Path, app: str, args: list[str], version: str, env: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        app: str,
+        args: list[str],
+        version: str,
+        env: dict[str, str] | None,
+        command: str = "run",
+        app_dir: Path = APPS,
+    ) -> None:
         self.tmp = tmp
         self.app = app
         self.args = args
+        self.command = command
+        self.app_dir = app_dir
         self.name = f"t{os.getpid()}-{os.urandom(3).hex()}"
         self.state_file = tmp / "state.txt"
         self.write_state(version)
@@ -61,10 +72,10 @@ class Instance:
             sys.executable,
             "-m",
             "liveswap",
-            "run",
+            self.command,
             self.app,
             "--app-dir",
-            str(APPS),
+            str(self.app_dir),
             "--name",
             self.name,
             *self.args,
@@ -209,6 +220,30 @@ def liveswap(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MakeIns
     for inst in started:
         if failed:
             print(f"\n----- liveswap output ({inst.name}) -----\n{inst.output()}")
+        inst.kill_group()
+
+
+class MakeDevInstance(Protocol):
+    def __call__(
+        self, project: Path, app: str = "main:app", args: list[str] | None = None, wait: bool = True
+    ) -> Instance: ...
+
+
+@pytest.fixture
+def liveswap_dev(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MakeDevInstance]:
+    """``liveswap_dev(project, app="main:app")`` starts ``liveswap dev`` on a project directory."""
+    started: list[Instance] = []
+
+    def make(project: Path, app: str = "main:app", args: list[str] | None = None, wait: bool = True) -> Instance:
+        inst = Instance(tmp_path, app, list(args or []), "1", None, command="dev", app_dir=project)
+        started.append(inst)
+        return inst.start(wait=wait)
+
+    yield make
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for inst in started:
+        if failed:
+            print(f"\n----- liveswap dev output ({inst.name}) -----\n{inst.output()}")
         inst.kill_group()
 
 

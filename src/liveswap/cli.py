@@ -68,6 +68,22 @@ def run(app: str, **options: Any) -> None:
 
     Reload with `liveswap reload` or `kill -HUP <pid>`; stop with Ctrl-C, SIGTERM or `liveswap stop`.
     """
+    _supervise(app, options, dev=False)
+
+
+@cli.command()
+@click.argument("app", required=False, default="")
+@_add_options("dev")
+def dev(app: str, **options: Any) -> None:
+    """Develop APP (module:attribute): reload on every save of a file it imported, an error page
+    while the code is broken, open pages that follow.
+
+    One worker; `liveswap reload`, `status` and `stop` work as with `run`.
+    """
+    _supervise(app, options, dev=True)
+
+
+def _supervise(app: str, options: dict[str, Any], dev: bool) -> None:
     from ._log import setup_logging
     from .http.app import check_app
     from .sockets import bind_all, inherit_listen_fds
@@ -86,7 +102,15 @@ def run(app: str, **options: Any) -> None:
         listeners = inherit_listen_fds(os.environ)
         if listeners is None:
             listeners = bind_all(settings.bind)
-        supervisor = Supervisor(settings, listeners)
+        session = None
+        if dev:
+            settings.workers = 1
+            from .dev.session import DevSession
+
+            session = DevSession(
+                Path(settings.app_dir), settings.watch, settings.ignore, not settings.no_browser_reload
+            )
+        supervisor = Supervisor(settings, listeners, session)
         code = asyncio.run(supervisor.run())
     except LiveswapError as exc:
         _fail(exc)

@@ -43,7 +43,7 @@ class Option:
     parse: Callable[[Any], Any] = str
     multiple: bool = False
     flag_is_switch: bool = False
-    commands: tuple[str, ...] = ("run",)  # the CLI commands that take it
+    commands: tuple[str, ...] = ("run", "dev")  # the CLI commands that take it
 
     @property
     def flag(self) -> str:
@@ -76,6 +76,7 @@ OPTIONS: tuple[Option, ...] = (
             MAX_WORKERS,
             why="each worker is a process, and each has a spare forked ahead: a few per CPU core is plenty",
         ),
+        commands=("run",),  # liveswap dev runs one worker
     ),
     Option(
         "factory",
@@ -196,6 +197,29 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "Require this token (?token= or Authorization: Bearer) on the debug server.",
     ),
+    Option(
+        "watch",
+        [],
+        "liveswap dev: also reload when a file matching this glob changes (templates/**/*.html, .env); "
+        "the modules the app imported are always watched. Repeatable.",
+        multiple=True,
+        commands=("dev",),
+    ),
+    Option(
+        "ignore",
+        [],
+        "liveswap dev: never reload for files matching this glob (wins over --watch). Repeatable.",
+        multiple=True,
+        commands=("dev",),
+    ),
+    Option(
+        "no_browser_reload",
+        False,
+        "liveswap dev: do not add the script that reloads open pages when new code is live.",
+        boolean,
+        flag_is_switch=True,
+        commands=("dev",),
+    ),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -208,7 +232,7 @@ def option(name: str) -> Option:
 
 def docs_table() -> str:
     """The options table for docs/configuration.md."""
-    rows = ["| flag | env | pyproject key | default | meaning |", "|---|---|---|---|---|"]
+    rows = ["| flag | env | pyproject key | default | commands | meaning |", "|---|---|---|---|---|---|"]
     for o in OPTIONS:
-        rows.append(f"| `{o.flag}` | `{o.env}` | `{o.key}` | `{o.default!r}` | {o.help} |")
+        rows.append(f"| `{o.flag}` | `{o.env}` | `{o.key}` | `{o.default!r}` | {', '.join(o.commands)} | {o.help} |")
     return "\n".join(rows)

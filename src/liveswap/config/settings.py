@@ -47,6 +47,9 @@ class Settings:
     access_log: bool
     debug_bind: str
     debug_token: str
+    watch: list[str]
+    ignore: list[str]
+    no_browser_reload: bool
 
     @classmethod
     def defaults(cls, app: str, **overrides: Any) -> Settings:

@@ -43,6 +43,10 @@ class Limits:
         self.max_header_bytes = max_header_bytes
         self.idle_grace = idle_grace
         self.draining = False
+        # liveswap dev: a request that arrives while this server drains for a reload is sent to the
+        # new code (307 to the same URL on a new connection), not answered by the old code.
+        self.redirect_while_draining = False
+        self.final = False  # the service is stopping: there is no new code to send anyone to
         self.slow_clients_cut = 0
         self.oversized_headers = 0
 
@@ -169,6 +173,8 @@ class _Guard:
 
     def drain(self) -> None:
         """Graceful shutdown of this connection (instead of uvicorn's ``shutdown()``)."""
+        if self.limits.redirect_while_draining and not self.limits.final and not isinstance(self.app, _ToNewCode):
+            self.app = _ToNewCode(self.app)  # for requests from now on; those received keep theirs
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             self._close_after(cycle)  # the last request received (self.cycle is the newest one)
@@ -211,6 +217,25 @@ class _Guard:
 
     def shutdown(self) -> None:
         self.drain()
+
+
+class _ToNewCode:
+    """The app as seen by requests that arrive while a dev server drains: 307 to the same URL. The
+    answer closes the connection, so the client follows it on a new one, which reaches the new code."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        headers = [(b"location", target), (b"content-length", b"0"), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 307, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
 
 class _HeadCheck:

@@ -45,9 +45,11 @@ class WorkerServer:
         http: str = "auto",
         proxy_headers: bool = True,
         forwarded_allow_ips: str | None = None,
+        redirect_while_draining: bool = False,
     ) -> None:
         self.sockets = list(sockets)
         self.limits = Limits(header_timeout=header_timeout, max_header_bytes=max_header_bytes, idle_grace=idle_grace)
+        self.limits.redirect_while_draining = redirect_while_draining
         self.config = uvicorn.Config(
             app,
             interface="asgi3",
@@ -131,6 +133,7 @@ class WorkerServer:
         if self.limits.draining:
             return
         self.limits.draining = True
+        self.limits.final = final
         if final:
             self._accept_queued()
         # close() closes only this process's copy of each listening socket: the supervisor and the

@@ -29,10 +29,11 @@ from .kinds import WorkerKind
 from .kinds.python import PythonWorkers
 from .lifecycle import ACK_TIMEOUT, Lifecycle
 from .restarts import Restarts
-from .transaction import ReloadOutcome, Reloads, RollBack
+from .transaction import FailurePolicy, ReloadOutcome, Reloads, RollBack
 
 if TYPE_CHECKING:
     from ..debug.hub import DebugHub
+    from ..dev.session import DevSession
 
 __all__ = ["Status", "Supervisor"]
 
@@ -58,8 +59,14 @@ class Status(TypedDict):
     hung: int
 
 
+def _dev_policy() -> FailurePolicy:
+    from ..dev.session import ShowError
+
+    return ShowError()
+
+
 class Supervisor:
-    def __init__(self, settings: Settings, listeners: list[Listener]) -> None:
+    def __init__(self, settings: Settings, listeners: list[Listener], dev: DevSession | None = None) -> None:
         self.settings = settings
         self.listeners = listeners
         self.name = settings.instance_name()
@@ -80,8 +87,16 @@ class Supervisor:
         self.debug: DebugHub | None = None  # --debug-bind: the one debug port for all workers
         self.health_host = settings.health_host or health_host(listeners)
         self.listening = [describe(x.sock) for x in listeners]  # the sockets are closed first at a stop
-        self.kind: WorkerKind = PythonWorkers(settings, listeners, self.notify_rx.name, self.spawn_task)
-        self.reloads = Reloads(self, RollBack())
+        self.dev = dev  # liveswap dev: file watching, the error page
+        self.kind: WorkerKind = PythonWorkers(
+            settings,
+            listeners,
+            self.notify_rx.name,
+            self.spawn_task,
+            dev_env=dev.worker_env() if dev is not None else None,
+            on_imported=dev.on_imported if dev is not None else None,
+        )
+        self.reloads = Reloads(self, _dev_policy() if dev is not None else RollBack())
         self.restarts = Restarts(self)
         self.workers = Lifecycle(self)
 
@@ -132,11 +147,13 @@ class Supervisor:
                 await self.debug.start()
                 log.info("debug server on %s (all workers: /metrics, /workers/<pid>/)", self.debug.url)
             self.kind.start()
+            if self.dev is not None:
+                await self.dev.start(self)
             # Through the reload queue, so that a reload asked for while we start waits its turn.
             outcome = await self.reloads.request("initial start")
             if not outcome["ok"] and self.stopping:  # stopped (SIGTERM, liveswap stop) while starting
                 return await self._stopped
-            if not outcome["ok"]:
+            if not outcome["ok"] and self.live is None:  # (dev mode serves an error page instead)
                 log.error("could not start %s: %s", self.settings.app, outcome.get("error"))
                 if outcome.get("detail"):
                     log.error("%s", outcome["detail"])
@@ -165,6 +182,8 @@ class Supervisor:
             if self.debug is not None:  # --debug-bind
                 await self.debug.close()
             self.kind.close()
+            if self.dev is not None:
+                await self.dev.close()
             loop.remove_reader(self.notify_rx.fileno())
             self.notify_rx.close()
             close_all(self.listeners)

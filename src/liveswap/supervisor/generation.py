@@ -94,6 +94,8 @@ class Worker:
     last_beat: float = 0.0  # monotonic time of its last heartbeat (or of going live)
     health_status: int = 0  # what its health check answered
     dump: list[str] = field(default_factory=list)  # what faulthandler wrote (stacks at a fatal signal)
+    imported: list[str] = field(default_factory=list)  # dev: the files of the modules it imported
+    failure_page: str = ""  # dev: the error page's JSON for why it failed to boot
     # The Python worker kind's end of the worker's channel and its private health connection.
     writer: asyncio.StreamWriter | None = None
     reader: asyncio.Task[None] | None = None  # reads the channel until EOF
@@ -120,6 +122,7 @@ class Generation:
     created_at: float = field(default_factory=time.time)
     slot_crashes: dict[int, int] = field(default_factory=dict)
     restart_pending: dict[int, asyncio.TimerHandle] = field(default_factory=dict)
+    error_page: str = ""  # dev: this generation serves the error page of this failure (JSON)
 
     def alive(self) -> list[Worker]:
         return [w for w in self.workers if w.state is not WorkerState.DEAD]

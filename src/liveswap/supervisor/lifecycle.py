@@ -51,7 +51,7 @@ class Lifecycle:
                 max(0.0, deadline - loop.time()),
             )
             worker.health_status = status
-            if status >= 500:
+            if status >= 500 and not gen.error_page:  # an error page answers 500 by design
                 raise BootFailed(f"health check GET {self.sup.settings.health_path} answered {status}")
         except TimeoutError:
             self.sup.kill(worker)
@@ -127,7 +127,8 @@ class Lifecycle:
         worker.state = WorkerState.DRAINING
         worker.expected_exit = True
         worker.live_at = time.monotonic()
-        self.sup.kind.drain(worker, final)
+        live = self.sup.live
+        self.sup.kind.drain(worker, final, live.number if live is not None and not final else 0)
         worker.hammer = asyncio.get_running_loop().call_later(self.sup.settings.drain_timeout, self._hammer, worker)
 
     def _hammer(self, worker: Worker) -> None:

@@ -44,7 +44,7 @@ def _stopping() -> ReloadOutcome:
 
 
 class FailurePolicy(Protocol):
-    def failed(self, sup: Supervisor, gen: Generation, old: Generation | None, outcome: ReloadOutcome) -> None:
+    async def failed(self, sup: Supervisor, gen: Generation, old: Generation | None, outcome: ReloadOutcome) -> None:
         """A new generation failed: its workers are still to be dealt with."""
 
 
@@ -52,7 +52,7 @@ class RollBack:
     """``liveswap run``: the failed generation's workers are killed (they never had a public
     connection); the old generation was never touched and keeps serving."""
 
-    def failed(self, sup: Supervisor, gen: Generation, old: Generation | None, outcome: ReloadOutcome) -> None:
+    async def failed(self, sup: Supervisor, gen: Generation, old: Generation | None, outcome: ReloadOutcome) -> None:
         for w in gen.workers:
             sup.kill(w)
         if old is None or outcome.get("stopping"):
@@ -162,7 +162,7 @@ class Reloads:
             else:
                 self.failed += 1
         if not outcome["ok"]:
-            self.policy.failed(sup, gen, old, outcome)
+            await self.policy.failed(sup, gen, old, outcome)
         elif old is not None:
             log.info(
                 "reload ok: generation %d live in %.1f ms; draining generation %d",

@@ -5,12 +5,18 @@ lines, what ``faulthandler`` writes when the worker dies of a fatal signal (its 
 which the supervisor keeps as the worker's last words.
 
     supervisor -> worker   Go()                      start accepting on the public sockets
-                           Drain(final)              stop accepting (final: accept what is queued
-                                                     first, the service is stopping) and finish
-    worker -> supervisor   BootError(error, detail)  the app could not load or start
+                           Drain(final, next_generation)
+                                                     stop accepting (final: accept what is queued
+                                                     first, the service is stopping) and finish;
+                                                     next_generation: the one now live (dev mode
+                                                     tells open pages to reload onto it)
+    worker -> supervisor   BootError(error, detail, failure)
+                                                     the app could not load or start (failure: the
+                                                     dev error page's JSON, in dev mode)
                            Live()                    accepting now
                            Draining()                its listeners are closed
                            Beat()                    its event loop turns (every beat_interval)
+                           Imported(paths)           dev mode: the files of the modules it imported
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ __all__ = [
     "Draining",
     "Event",
     "Go",
+    "Imported",
     "Live",
     "beat_interval",
     "decode_command",
@@ -49,12 +56,14 @@ class Go:
 @dataclass(frozen=True)
 class Drain:
     final: bool = False
+    next_generation: int = 0
 
 
 @dataclass(frozen=True)
 class BootError:
     error: str
     detail: str = ""
+    failure: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,11 +81,22 @@ class Beat:
     pass
 
 
+@dataclass(frozen=True)
+class Imported:
+    paths: list[str]
+
+
 Command = Go | Drain
-Event = BootError | Live | Draining | Beat
+Event = BootError | Live | Draining | Beat | Imported
 
 _COMMANDS: dict[str, type[Command]] = {"go": Go, "drain": Drain}
-_EVENTS: dict[str, type[Event]] = {"boot_error": BootError, "live": Live, "draining": Draining, "beat": Beat}
+_EVENTS: dict[str, type[Event]] = {
+    "boot_error": BootError,
+    "live": Live,
+    "draining": Draining,
+    "beat": Beat,
+    "imported": Imported,
+}
 _NAMES: dict[type[Any], str] = {cls: name for name, cls in (*_COMMANDS.items(), *_EVENTS.items())}
 
 

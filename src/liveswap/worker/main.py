@@ -19,7 +19,8 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .. import notify
 from .._log import setup_logging
@@ -30,6 +31,9 @@ from ..http.app import app_traceback, load_app
 from ..http.server import StartupFailed, WorkerServer, new_event_loop
 from ..sockets import adopt_fds
 from . import channel
+
+if TYPE_CHECKING:
+    from ..dev.worker import DevWorker
 
 __all__ = ["main"]
 
@@ -60,21 +64,28 @@ def main() -> int:
         [int(fd) for fd in env.pop("LIVESWAP_LISTEN_FDS", "").split(",") if fd],
         json.loads(env.pop("LIVESWAP_LISTEN_NAMES", "[]")),
     )
+    dev = _dev_worker(env, generation)
+    error_page = env.pop("LIVESWAP_ERROR_PAGE", "")
     try:
-        app, kind = load_app(
-            settings.app, factory=settings.factory, interface=settings.interface, app_dir=settings.app_dir
-        )
+        if dev is not None and error_page:
+            app, kind = dev.error_app(error_page), "error page"
+        else:
+            app, kind = load_app(
+                settings.app, factory=settings.factory, interface=settings.interface, app_dir=settings.app_dir
+            )
     except AppLoadError as exc:
         log.error("cannot load %s: %s", settings.app, exc)
         if exc.hint:
             log.error("hint: %s", exc.hint)
-        _send(control, channel.BootError(str(exc), exc.hint or ""))
+        _boot_failed(control, dev, exc, channel.BootError(str(exc), exc.hint or ""))
         return EXIT_BOOT_ERROR
     except BaseException as exc:  # noqa: BLE001 - anything the app's import raises is a boot error
         detail = app_traceback(exc)
         log.error("cannot load %s:\n%s", settings.app, detail)
-        _send(control, channel.BootError(f"{type(exc).__name__}: {exc}", detail))
+        _boot_failed(control, dev, exc, channel.BootError(f"{type(exc).__name__}: {exc}", detail))
         return EXIT_BOOT_ERROR
+    if dev is not None:
+        app = dev.wrap(app)
     import_ms = (time.perf_counter() - t0) * 1000
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
@@ -83,13 +94,33 @@ def main() -> int:
         app, debug = _start_debug(app, settings, generation, loop)
     try:
         return loop.run_until_complete(
-            _serve(app, kind, settings, control, health, [lst.sock for lst in listeners], (t0, import_ms))
+            _serve(app, kind, settings, control, health, [lst.sock for lst in listeners], (t0, import_ms), dev)
         )
     finally:
         if debug is not None:
             debug.stop()
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _dev_worker(env: Mapping[str, str], generation: str) -> DevWorker | None:
+    """``liveswap dev``'s side of this worker, or None under ``liveswap run``."""
+    if env.get("LIVESWAP_DEV") != "1":
+        return None
+    from ..dev.worker import DevWorker
+
+    dev = DevWorker.from_env(env, int(generation))
+    if dev is not None:
+        dev.prepare()
+    return dev
+
+
+def _boot_failed(control: socket.socket, dev: DevWorker | None, exc: BaseException, error: channel.BootError) -> None:
+    if dev is not None:  # the error page, and the files to watch for the save that fixes it
+        _send(control, channel.BootError(error.error, error.detail, dev.failure(exc)))
+        _send(control, channel.Imported(dev.imported(exc) or []))
+    else:
+        _send(control, error)
 
 
 def _debug_socket_dir(name: str) -> str:
@@ -126,6 +157,7 @@ async def _serve(
     health: socket.socket,
     sockets: list[socket.socket],
     timing: tuple[float, float],
+    dev: DevWorker | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     server = WorkerServer(
@@ -137,11 +169,19 @@ async def _serve(
         idle_grace=settings.idle_grace,
         max_connections=settings.max_connections,
         access_log=settings.access_log,
+        redirect_while_draining=dev is not None,  # dev: what arrives during a reload goes to the new code
     )
     try:
         await server.startup()
     except StartupFailed as exc:
-        _send(control, channel.BootError(str(exc), exc.detail))
+        if dev is not None:
+            from ..dev.errorpage import Failure
+
+            page = Failure("startup", str(exc), traceback=exc.detail).to_json()
+            _send(control, channel.BootError(str(exc), exc.detail, page))
+            _send(control, channel.Imported(dev.imported(exc) or []))
+        else:
+            _send(control, channel.BootError(str(exc), exc.detail))
         return EXIT_BOOT_ERROR
     await server.serve_connection(health)
     # A fatal signal (SIGABRT from the supervisor when this worker hangs, or a crash) writes every
@@ -152,6 +192,8 @@ async def _serve(
     stop = asyncio.Event()
 
     def terminate() -> None:  # SIGTERM (systemd's KillMode=control-group, say): the service stops
+        if dev is not None:
+            dev.draining(0)
         server.stop_accepting(final=True)
         stop.set()
 
@@ -176,10 +218,13 @@ async def _serve(
             if isinstance(command, channel.Go):
                 await server.go()
                 writer.write(channel.encode(channel.Live()))
+                report_imports()
                 await writer.drain()
             elif isinstance(command, channel.Drain):
                 # Acknowledge only once our listeners are closed: the supervisor reports a reload
                 # done when no old worker can accept a new connection any more.
+                if dev is not None:  # open pages reload onto the new generation; their streams end
+                    dev.draining(command.next_generation)
                 server.stop_accepting(final=command.final)
                 writer.write(channel.encode(channel.Draining()))
                 await writer.drain()
@@ -192,7 +237,13 @@ async def _serve(
         beat = channel.encode(channel.Beat())
         while True:
             writer.write(beat)
+            report_imports()  # dev: a module imported by a request is watched from then on
             await asyncio.sleep(interval)
+
+    def report_imports() -> None:
+        paths = dev.imported() if dev is not None else None
+        if paths is not None:
+            writer.write(channel.encode(channel.Imported(paths)))
 
     reading = loop.create_task(commands())
     beating = (

@@ -39,9 +39,10 @@ class WorkerKind(Protocol):
     async def activate(self, workers: list[Worker], timeout: float) -> None:
         """Let ready workers take public traffic; returns when each confirmed or ``timeout`` passed."""
 
-    def drain(self, worker: Worker, final: bool) -> None:
+    def drain(self, worker: Worker, final: bool, next_generation: int) -> None:
         """Ask the worker to stop accepting and finish in-flight work; ``final``: the service stops,
-        and the worker first accepts what waits in the listeners' queues."""
+        and the worker first accepts what waits in the listeners' queues; ``next_generation``: the
+        one live now (0 if none)."""
 
     def worker_exited(self, worker: Worker) -> None:
         """Release what the kind holds for an exited worker."""

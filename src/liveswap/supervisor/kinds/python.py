@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from ...config import Settings
@@ -41,8 +41,12 @@ class PythonWorkers:
         listeners: Sequence[Listener],
         notify_socket: str,
         spawn_task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+        dev_env: Mapping[str, str] | None = None,
+        on_imported: Callable[[Worker], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.dev_env = dict(dev_env or {})  # liveswap dev: LIVESWAP_DEV=1 and its settings
+        self.on_imported = on_imported
         self.listeners = list(listeners)
         self.notify_socket = notify_socket
         self.spawn_task = spawn_task
@@ -72,7 +76,10 @@ class PythonWorkers:
             "LIVESWAP_GENERATION": str(worker.generation.number),
             "NOTIFY_SOCKET": self.notify_socket,
             "LIVESWAP_LISTEN_NAMES": json.dumps([x.name for x in self.listeners]),
+            **self.dev_env,
         }
+        if worker.generation.error_page:
+            env["LIVESWAP_ERROR_PAGE"] = worker.generation.error_page
         fds = [control_child.fileno(), health_child.fileno(), *(x.sock.fileno() for x in self.listeners)]
         try:
             try:
@@ -116,12 +123,12 @@ class PythonWorkers:
             if not w.live.done():
                 log.warning("%s did not confirm it accepts within %.0f s", w.describe(), timeout)
 
-    def drain(self, worker: Worker, final: bool) -> None:
-        self._send(worker, channel.Drain(final=final))
+    def drain(self, worker: Worker, final: bool, next_generation: int) -> None:
+        self._send(worker, channel.Drain(final=final, next_generation=next_generation))
 
     def worker_exited(self, worker: Worker) -> None:
-        if worker.writer is not None:  # our end of its channel: closed now, not by the GC
-            worker.writer.close()
+        # Its channel is closed by the reader at EOF (closing it here could drop its last words,
+        # the boot error it wrote just before exiting, still unread in the socket).
         if worker.health is not None:
             worker.health.close()
             worker.health = None
@@ -136,6 +143,9 @@ class PythonWorkers:
                 self._on_line(worker, line)
         except (ConnectionError, ValueError):
             pass  # the worker died (its exit is handled when it is reaped) or sent an overlong line
+        finally:
+            if worker.writer is not None:  # our end of its channel: closed now, not by the GC
+                worker.writer.close()
 
     def _on_line(self, worker: Worker, line: bytes) -> None:
         event = channel.decode_event(line) if line.startswith(b"{") else None
@@ -146,6 +156,11 @@ class PythonWorkers:
             worker.last_beat = time.monotonic()
         elif isinstance(event, channel.BootError):
             worker.boot_error = (event.error, event.detail)
+            worker.failure_page = event.failure
+        elif isinstance(event, channel.Imported):
+            worker.imported = event.paths
+            if self.on_imported is not None:
+                self.on_imported(worker)
         elif isinstance(event, channel.Live):
             if not worker.live.done():
                 worker.live.set_result(None)
