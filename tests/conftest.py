@@ -225,7 +225,12 @@ def liveswap(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MakeIns
 
 class MakeDevInstance(Protocol):
     def __call__(
-        self, project: Path, app: str = "main:app", args: list[str] | None = None, wait: bool = True
+        self,
+        project: Path,
+        app: str = "main:app",
+        args: list[str] | None = None,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
     ) -> Instance: ...
 
 
@@ -234,8 +239,14 @@ def liveswap_dev(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mak
     """``liveswap_dev(project, app="main:app")`` starts ``liveswap dev`` on a project directory."""
     started: list[Instance] = []
 
-    def make(project: Path, app: str = "main:app", args: list[str] | None = None, wait: bool = True) -> Instance:
-        inst = Instance(tmp_path, app, list(args or []), "1", None, command="dev", app_dir=project)
+    def make(
+        project: Path,
+        app: str = "main:app",
+        args: list[str] | None = None,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> Instance:
+        inst = Instance(tmp_path, app, list(args or []), "1", env, command="dev", app_dir=project)
         started.append(inst)
         return inst.start(wait=wait)
 

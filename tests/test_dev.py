@@ -210,3 +210,31 @@ def test_browser_reloads_once_per_save_shows_the_error_page_and_returns(
         assert len(page.navigations()) == 4, page.console()
         page.pump(10.0)  # the property under test: 10 s without a save, and no reload
         assert len(page.navigations()) == 4, page.console()
+
+
+# ---- the template learns what to preload ------------------------------------------------------------
+
+
+def test_the_template_learns_the_apps_libraries_and_keeps_out_one_that_starts_a_thread(
+    liveswap_dev: MakeDevInstance, project: Path, tmp_path: Path
+) -> None:
+    lib = tmp_path / "lib"
+    (lib / "heavylib").mkdir(parents=True)
+    (lib / "heavylib" / "__init__.py").write_text("import time\n\ntime.sleep(0.6)  # a big library's import\n")
+    (lib / "threadlib").mkdir()
+    (lib / "threadlib" / "__init__.py").write_text(
+        "import threading, time\n\nthreading.Thread(target=time.sleep, args=(3600,), daemon=True, name='bg').start()\n"
+    )
+    _save(project / "main.py", "import heavylib\nimport threadlib\n" + textwrap.dedent(MAIN))
+    inst = liveswap_dev(project, env={"PYTHONPATH": str(lib)})
+    first = inst.wait_for(r"gen=1 INFO ready in [\d.]+ ms \(asgi app imported in ([\d.]+) ms\)")
+    assert float(first.group(1)) >= 600, "the library's import time is paid once"
+    inst.wait_for(r"template: not preloading threadlib: starts a thread at import \(bg\)")
+    inst.wait_for(r"template: learned to preload \d+ module\(s\) the app uses \(.*heavylib")
+    mark = inst.mark()
+    _views(project, "v2")
+    assert "reload ok" in _reloaded(inst, mark)
+    boot = inst.wait_for(r"gen=\d+ INFO ready in [\d.]+ ms \(asgi app imported in ([\d.]+) ms\)", start=mark)
+    assert float(boot.group(1)) < 400, f"heavylib was imported again: {boot.group(0)}"
+    assert _version(inst) == "v2"
+    assert "Unknown child process" not in inst.output()

@@ -32,7 +32,6 @@ class DevWorker:
         self.generation = generation
         self.browser_reload = browser_reload
         self.hub = RefreshHub(generation)
-        self._reported = 0  # len(sys.modules) when the imported files were last sent
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], generation: int) -> DevWorker | None:
@@ -47,12 +46,9 @@ class DevWorker:
         sys.dont_write_bytecode = True
         importlib.invalidate_caches()
 
-    def imported(self, exc: BaseException | None = None) -> list[str] | None:
+    def paths(self, exc: BaseException | None = None) -> list[str]:
         """The files of every module imported so far (plus those in ``exc``'s traceback: a module that
-        failed to import is not in sys.modules, and its fix must still be seen); None if nothing new."""
-        if exc is None and len(sys.modules) == self._reported:
-            return None
-        self._reported = len(sys.modules)
+        failed to import is not in sys.modules, and its fix must still be seen)."""
         paths = {str(f) for m in list(sys.modules.values()) if isinstance(f := getattr(m, "__file__", None), str)}
         seen: set[int] = set()
         while exc is not None and id(exc) not in seen:  # AppLoadError wraps the app's own exception

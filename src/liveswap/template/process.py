@@ -31,6 +31,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -228,7 +229,15 @@ def main() -> None:
     checked = 0.0
     want = int(os.environ.pop("LIVESWAP_SPARES", "0"))
     spares: list[_Spare] = []
-    chan.send(json.dumps({"op": "ready", "import_ms": import_ms, "preload_errors": preload_errors}).encode())
+    if threading.active_count() > 1:  # forking a process with threads can deadlock its children
+        names = ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
+        preload_errors.append(f"the template has threads after its imports ({names}): forking it is unsafe")
+    modules = sorted(name for name in sys.modules if "." not in name)
+    chan.send(
+        json.dumps(
+            {"op": "ready", "import_ms": import_ms, "preload_errors": preload_errors, "modules": modules}
+        ).encode()
+    )
     while True:
         # Refill the pool only once the channel has been quiet for a moment: the other workers of
         # a generation are asked for within milliseconds of the first, and come first.

@@ -39,6 +39,16 @@ class Spawner:
         self.next_id = 0
         self.started_at = 0.0
         self.info: dict[str, Any] = {}
+        self.modules: set[str] = set()  # the top-level modules the template has imported
+
+    def refresh(self, preload: Sequence[str]) -> None:
+        """Replace the template by one that preloads ``preload``, started now, in the background:
+        the next spawn waits for it to be ready (the old one and its spares exit as its channel
+        closes)."""
+        self.preload = list(preload)
+        if self.chan is not None:
+            self._gone("replaced by a template with a new preload list")
+            self.start()
 
     def start(self) -> None:
         """Spawn a fresh template; its channel is fd 3. It holds no listening socket: they are sent
@@ -87,6 +97,7 @@ class Spawner:
         op = msg.get("op")
         if op == "ready":
             self.info = {"pid": self.pid, "import_ms": round(msg["import_ms"], 1)}
+            self.modules = set(msg.get("modules", []))
             for err in msg.get("preload_errors", []):
                 log.warning("template: --preload %s", err)
             if self.ready is not None and not self.ready.done():

@@ -22,7 +22,9 @@ which the supervisor keeps as the worker's last words.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+import sys
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "decode_command",
     "decode_event",
     "encode",
+    "outside_modules",
 ]
 
 
@@ -83,7 +86,30 @@ class Beat:
 
 @dataclass(frozen=True)
 class Imported:
-    paths: list[str]
+    paths: list[str]  # dev: the files of its modules, to watch
+    modules: list[str] = field(default_factory=list)  # the top-level modules from outside the project
+
+
+def outside_modules(project: str) -> list[str]:
+    """The top-level modules imported so far whose files are not under ``project``: what the
+    template may learn to preload."""
+    root = os.path.join(os.path.realpath(project), "")
+    names = []
+    for name, module in list(sys.modules.items()):
+        if "." in name or name in _NEVER or name.startswith("liveswap"):
+            continue
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and os.path.realpath(file).startswith(root) and not _installed(file):
+            continue  # the project's own code: never preloaded
+        names.append(name)
+    return sorted(names)
+
+
+_NEVER = {"__main__", "__mp_main__", "site", "sitecustomize", "usercustomize"}
+
+
+def _installed(file: str) -> bool:
+    return any(part in ("site-packages", "dist-packages", ".venv", "venv") for part in file.split(os.sep))
 
 
 Command = Go | Drain

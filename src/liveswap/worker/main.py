@@ -118,7 +118,7 @@ def _dev_worker(env: Mapping[str, str], generation: str) -> DevWorker | None:
 def _boot_failed(control: socket.socket, dev: DevWorker | None, exc: BaseException, error: channel.BootError) -> None:
     if dev is not None:  # the error page, and the files to watch for the save that fixes it
         _send(control, channel.BootError(error.error, error.detail, dev.failure(exc)))
-        _send(control, channel.Imported(dev.imported(exc) or []))
+        _send(control, channel.Imported(dev.paths(exc)))
     else:
         _send(control, error)
 
@@ -179,7 +179,7 @@ async def _serve(
 
             page = Failure("startup", str(exc), traceback=exc.detail).to_json()
             _send(control, channel.BootError(str(exc), exc.detail, page))
-            _send(control, channel.Imported(dev.imported(exc) or []))
+            _send(control, channel.Imported(dev.paths(exc)))
         else:
             _send(control, channel.BootError(str(exc), exc.detail))
         return EXIT_BOOT_ERROR
@@ -240,10 +240,17 @@ async def _serve(
             report_imports()  # dev: a module imported by a request is watched from then on
             await asyncio.sleep(interval)
 
+    reported = 0  # len(sys.modules) when the imports were last reported
+
     def report_imports() -> None:
-        paths = dev.imported() if dev is not None else None
-        if paths is not None:
-            writer.write(channel.encode(channel.Imported(paths)))
+        # What the app imported: the template learns to preload the modules from outside the
+        # project; dev mode watches the project's files.
+        nonlocal reported
+        if len(sys.modules) == reported:
+            return
+        reported = len(sys.modules)
+        paths = dev.paths() if dev is not None else []
+        writer.write(channel.encode(channel.Imported(paths, channel.outside_modules(settings.app_dir))))
 
     reading = loop.create_task(commands())
     beating = (

@@ -20,6 +20,7 @@ from typing import Any
 
 from ...config import Settings
 from ...sockets import Listener
+from ...template.learn import Learner
 from ...template.spawner import Spawner, TemplateGone
 from ...worker import channel
 from ..generation import BootFailed, Worker
@@ -54,6 +55,7 @@ class PythonWorkers:
         env.pop("NOTIFY_SOCKET", None)
         # One spare per worker: a whole generation starts without a fork on the critical path.
         self.spawner = Spawner(settings.preload, env, spares=settings.workers)
+        self.learner = Learner(self.spawner, settings.preload, spawn_task)
 
     def start(self) -> None:
         self.spawner.start()
@@ -159,6 +161,8 @@ class PythonWorkers:
             worker.failure_page = event.failure
         elif isinstance(event, channel.Imported):
             worker.imported = event.paths
+            if event.modules and worker.boot_error is None and not worker.generation.error_page:
+                self.learner.offer(event.modules)
             if self.on_imported is not None:
                 self.on_imported(worker)
         elif isinstance(event, channel.Live):
