@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-import liveswap
 from liveswap.config import OPTIONS, Settings, docs_table, load_settings, parse_duration
 from liveswap.errors import BindError, ConfigError
 from liveswap.sockets import parse_bind
@@ -16,24 +15,6 @@ ROOT = Path(__file__).parent.parent
 
 def test_docs_table_is_current() -> None:
     assert docs_table() in (ROOT / "docs" / "configuration.md").read_text(), "regenerate: python -m liveswap.config"
-
-
-def test_public_api() -> None:
-    assert sorted(liveswap.__all__) == sorted(
-        [
-            "AppLoadError",
-            "BindError",
-            "ConfigError",
-            "ControlError",
-            "Group",
-            "LiveswapError",
-            "NoInstanceError",
-            "__version__",
-            "serve",
-        ]
-    )
-    for name in liveswap.__all__:
-        assert hasattr(liveswap, name)
 
 
 def test_precedence(tmp_path: Path) -> None:
