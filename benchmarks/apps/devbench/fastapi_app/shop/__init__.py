@@ -1,0 +1,1 @@
+"""A small shop API: models, routes and the version."""

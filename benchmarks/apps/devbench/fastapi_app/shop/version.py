@@ -1,0 +1,1 @@
+VERSION = "v000000-init"

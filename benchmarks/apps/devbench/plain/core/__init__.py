@@ -1,0 +1,1 @@
+"""The plain app's own package."""
