@@ -176,7 +176,9 @@ def test_killed_worker_leaves_no_socket_and_bad_requests_get_400(liveswap: MakeI
     inst, debug = start(liveswap)
     victim = inst.worker_pids()[0]
     assert worker_socket(inst, victim).exists()
-    metrics(debug)
+    # The hub keeps an exited worker's counters from its last scrape: wait until a scrape has seen
+    # both workers' health checks (under load one scrape may time out on a worker).
+    wait_until(lambda: metrics(debug).get(REQUESTS) == 2, 10, "a scrape that saw both workers")
     mark = inst.mark()
     os.kill(victim, signal.SIGKILL)
     inst.wait_for(r"replaced the crashed worker", 30, start=mark)
