@@ -54,8 +54,10 @@ class PythonWorkers:
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
         # One spare per worker: a whole generation starts without a fork on the critical path.
-        self.spawner = Spawner(settings.preload, env, spares=settings.workers)
-        self.learner = Learner(self.spawner, settings.preload, spawn_task)
+        # liveswap dev's worker side (refresh script, error page) is loaded once, in the template.
+        preload = [*settings.preload, *(["liveswap.dev.worker"] if self.dev_env else [])]
+        self.spawner = Spawner(preload, env, spares=settings.workers)
+        self.learner = Learner(self.spawner, preload, spawn_task)
 
     def start(self) -> None:
         self.spawner.start()
