@@ -292,7 +292,73 @@ class Save:
         return sum(self.failed.values())
 
 
-class DevServer:
+class GroupServer:
+    """What the benchmark servers share: a process group to stop and a log file to read.
+    Subclasses set ``proc``, ``log_path`` and ``label``."""
+
+    proc: subprocess.Popen[bytes] | None
+    log_path: Path
+
+    @property
+    def label(self) -> str:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 15.0) -> list[int]:
+        """SIGTERM to the server's process group, SIGKILL to what is left of it after ``timeout``.
+        Returns the group's processes still there after that (should be none)."""
+        if self.proc is None:
+            return []
+        pgid = self.proc.pid
+        if self.proc.poll() is None:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                say(f"  ! {self.label}: not gone {timeout:.0f} s after SIGTERM; SIGKILL to group {pgid}")
+        end = time.perf_counter() + 5
+        while group_members(pgid, with_zombies=True) and time.perf_counter() < end:
+            time.sleep(0.05)  # a draining worker or a reloader's child finishing
+        if group_members(pgid, with_zombies=True):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            time.sleep(0.2)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        return group_members(pgid, with_zombies=True)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+
+def liveswap_status(env: dict[str, str], name: str = "") -> dict[str, Any]:
+    """``liveswap status --json`` of the instance (the only one, or ``name``)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "liveswap", "status", "--json", *(["--name", name] if name else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if r.returncode != 0:
+        raise BenchError(f"liveswap status failed: {r.stdout}{r.stderr}")
+    data: dict[str, Any] = json.loads(r.stdout)
+    return data
+
+
+class DevServer(GroupServer):
     def __init__(self, kind: str, app: DevApp, nonce: str, args: argparse.Namespace, src: Path | None) -> None:
         self.kind = kind
         self.app = app
@@ -439,60 +505,11 @@ class DevServer:
             time.sleep(0.02)
         return last
 
-    def stop(self, timeout: float = 15.0) -> list[int]:
-        """SIGTERM to the server's process group, SIGKILL to what is left of it after ``timeout``.
-        Returns the group's processes still there after that (should be none)."""
-        if self.proc is None:
-            return []
-        pgid = self.proc.pid
-        if self.proc.poll() is None:
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                say(f"  ! {self.label}: not gone {timeout:.0f} s after SIGTERM; SIGKILL to group {pgid}")
-        end = time.perf_counter() + 5
-        while group_members(pgid, with_zombies=True) and time.perf_counter() < end:
-            time.sleep(0.05)  # a draining worker or a reloader's child finishing
-        if group_members(pgid, with_zombies=True):
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            time.sleep(0.2)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        return group_members(pgid, with_zombies=True)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, n: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-n:])
-
     def cleanup(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:
-        r = subprocess.run(
-            [sys.executable, "-m", "liveswap", "status", "--json"],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if r.returncode != 0:
-            raise BenchError(f"liveswap status failed: {r.stdout}{r.stderr}")
-        data: dict[str, Any] = json.loads(r.stdout)
-        return data
+        return liveswap_status(self.env())
 
     # -- one save --
     def save(self, round_no: int, slot: int, warmup: bool) -> Save:

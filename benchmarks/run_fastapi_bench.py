@@ -45,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import BIN, HOST, RESULTS, BenchError, children, free_port, machine_info, median, percentile  # noqa: E402
-from dev_bench import DEVBENCH, freeze_src, group_members, probe_once, say, table  # noqa: E402
+from dev_bench import DEVBENCH, GroupServer, freeze_src, liveswap_status, probe_once, say, table  # noqa: E402
 
 APP_DIR = DEVBENCH / "fastapi_app"
 VERSION_MODULE = "shop/version.py"
@@ -74,7 +74,7 @@ class Reload:
     generation: int | None = None
 
 
-class RunServer:
+class RunServer(GroupServer):
     def __init__(self, kind: str, nonce: str, args: argparse.Namespace, src: Path) -> None:
         self.kind = kind
         self.nonce = nonce
@@ -147,56 +147,12 @@ class RunServer:
         self.startup_s = time.perf_counter() - t0
         self._settle(Reload(-1, 0, True, self.version, None), set())
 
-    def stop(self, timeout: float = 15.0) -> list[int]:
-        """SIGTERM to the process group, SIGKILL to what is left after ``timeout``."""
-        if self.proc is None:
-            return []
-        pgid = self.proc.pid
-        if self.proc.poll() is None:
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                say(f"  ! {self.kind}: not gone {timeout:.0f} s after SIGTERM; SIGKILL to group {pgid}")
-        end = time.perf_counter() + 5
-        while group_members(pgid, with_zombies=True) and time.perf_counter() < end:
-            time.sleep(0.05)
-        if group_members(pgid, with_zombies=True):
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            time.sleep(0.2)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        return group_members(pgid, with_zombies=True)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, n: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-n:])
+    @property
+    def label(self) -> str:
+        return self.kind
 
     def status(self) -> dict[str, Any]:
-        r = subprocess.run(
-            [sys.executable, "-m", "liveswap", "status", "--json", "--name", self.name],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if r.returncode != 0:
-            raise BenchError(f"liveswap status failed: {r.stdout}{r.stderr}")
-        data: dict[str, Any] = json.loads(r.stdout)
-        return data
+        return liveswap_status(self.env(), self.name)
 
     def reload(self, round_no: int, slot: int, warmup: bool) -> Reload:
         assert self.proc is not None
