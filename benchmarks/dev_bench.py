@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -261,29 +262,34 @@ def granian_available() -> str | None:
 
 # ---- one server under test --------------------------------------------------------------------------------
 @dataclass
-class Save:
-    """One measured save."""
+class Sample:
+    """One reload, whatever caused it (a save, a SIGHUP): when the new code answered, and what failed."""
 
     round: int
     slot: int  # position in the round's random order
     warmup: bool
     version: str
     latency_ms: float | None  # None: the new version was not served before the deadline
-    write_ms: float  # open + write + close
     probes: int = 0
     old_answers: int = 0
     failed: dict[str, int] = field(default_factory=dict)
     failed_at_ms: list[tuple[float, str]] = field(default_factory=list)  # the first 50, from t0
-    # Redirects (liveswap dev answers 307 to the same URL to a request that reaches a draining
+    settle_ms: float = 0.0
+    settle_timeout: bool = False
+    supervisor_ms: float | None = None  # liveswap: what the supervisor said this reload took
+
+
+@dataclass
+class Save(Sample):
+    """One measured save."""
+
+    write_ms: float = 0.0  # open + write + close
+    # 307 answers (a probe that reached a dev worker draining for this reload, sent to the new
     # worker): not one of the issue's failures, not the new code either; counted apart.
     redirects: int = 0
     redirect_at_ms: list[float] = field(default_factory=list)
-    settle_ms: float = 0.0
-    settle_timeout: bool = False
     tree_after: int = 0
-    # liveswap: what the supervisor said about this save's reload; uvicorn: how many restarts it logged
-    supervisor_ms: float | None = None
-    reloads: int | None = None
+    reloads: int | None = None  # uvicorn: how many restarts it logged
     reloads_failed: int | None = None
     generation: int | None = None
 
@@ -523,7 +529,7 @@ class DevServer(GroupServer):
         with open(self.version_file, "w") as f:
             f.write(text)
         t_written = time.perf_counter()
-        sample = Save(round_no, slot, warmup, new, None, (t_written - t0) * 1000)
+        sample = Save(round_no, slot, warmup, new, None, write_ms=(t_written - t0) * 1000)
         deadline = t0 + args.save_timeout
         next_at = t0
         while True:
@@ -639,15 +645,15 @@ def import_floor(app: DevApp, n: int) -> dict[str, Any]:
     }
 
 
-def stats(saves: list[Save]) -> dict[str, Any]:
-    measured = [s for s in saves if not s.warmup]
+def sample_stats(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Latency and failures of the measured (not warm-up) samples."""
+    measured = [s for s in samples if not s.warmup]
     lat = [s.latency_ms for s in measured if s.latency_ms is not None]
     failed: dict[str, int] = {}
     for s in measured:
         for kind, n in s.failed.items():
             failed[kind] = failed.get(kind, 0) + n
     return {
-        "saves": len(measured),
         "served": len(lat),
         "late": len(measured) - len(lat),
         "median_ms": median(lat),
@@ -657,12 +663,20 @@ def stats(saves: list[Save]) -> dict[str, Any]:
         "probes": sum(s.probes for s in measured),
         "failed_probes": sum(failed.values()),
         "failed_by_kind": failed,
+        "warmup_failed_probes": sum(sum(s.failed.values()) for s in samples if s.warmup),
+        "settle_timeouts": sum(1 for s in samples if s.settle_timeout),
+        "supervisor_median_ms": median([s.supervisor_ms for s in measured if s.supervisor_ms is not None]),
+    }
+
+
+def stats(saves: list[Save]) -> dict[str, Any]:
+    measured = [s for s in saves if not s.warmup]
+    return {
+        "saves": len(measured),
+        **sample_stats(saves),
         "saves_with_failures": sum(1 for s in measured if s.failed),
         "redirects": sum(s.redirects for s in measured),
         "warmup_redirects": sum(s.redirects for s in saves if s.warmup),
-        "warmup_failed_probes": sum(s.failed_total for s in saves if s.warmup),
-        "supervisor_median_ms": median([s.supervisor_ms for s in measured if s.supervisor_ms is not None]),
-        "settle_timeouts": sum(1 for s in saves if s.settle_timeout),
     }
 
 

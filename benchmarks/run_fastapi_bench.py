@@ -38,14 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import BIN, HOST, RESULTS, BenchError, children, free_port, machine_info, median, percentile  # noqa: E402
-from dev_bench import DEVBENCH, GroupServer, freeze_src, liveswap_status, probe_once, say, table  # noqa: E402
+from benchlib import BIN, HOST, RESULTS, BenchError, children, free_port, machine_info  # noqa: E402
+from dev_bench import DEVBENCH, GroupServer, Sample, freeze_src, liveswap_status, probe_once, sample_stats, say, table  # noqa: E402
 
 APP_DIR = DEVBENCH / "fastapi_app"
 VERSION_MODULE = "shop/version.py"
@@ -58,19 +58,9 @@ TAGS = {"liveswap": "liv", "gunicorn": "gun"}
 
 
 @dataclass
-class Reload:
-    round: int
-    slot: int
-    warmup: bool
-    version: str
-    latency_ms: float | None  # None: not served before the deadline
-    probes: int = 0
-    old_answers: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
-    failed_at_ms: list[tuple[float, str]] = field(default_factory=list)  # the first 50, from t0
-    settle_ms: float = 0.0
-    settle_timeout: bool = False
-    supervisor_ms: float | None = None  # liveswap: last_reload.duration_ms from its status
+class Reload(Sample):
+    """One measured SIGHUP."""
+
     generation: int | None = None
 
 
@@ -226,27 +216,10 @@ class RunServer(GroupServer):
 
 
 def stats(reloads: list[Reload]) -> dict[str, Any]:
-    measured = [r for r in reloads if not r.warmup]
-    lat = [r.latency_ms for r in measured if r.latency_ms is not None]
-    failed: dict[str, int] = {}
-    for r in measured:
-        for kind, n in r.failed.items():
-            failed[kind] = failed.get(kind, 0) + n
     return {
-        "reloads": len(measured),
-        "served": len(lat),
-        "late": len(measured) - len(lat),
-        "median_ms": median(lat),
-        "p90_ms": percentile(lat, 90),
-        "min_ms": min(lat, default=float("nan")),
-        "max_ms": max(lat, default=float("nan")),
-        "probes": sum(r.probes for r in measured),
-        "failed_probes": sum(failed.values()),
-        "failed_by_kind": failed,
+        "reloads": len([r for r in reloads if not r.warmup]),
+        **sample_stats(reloads),
         "warmup_latency_ms": [r.latency_ms for r in reloads if r.warmup],
-        "warmup_failed_probes": sum(sum(r.failed.values()) for r in reloads if r.warmup),
-        "settle_timeouts": sum(1 for r in reloads if r.settle_timeout),
-        "supervisor_median_ms": median([r.supervisor_ms for r in measured if r.supervisor_ms is not None]),
     }
 
 
