@@ -34,9 +34,8 @@ class DevWorker:
         self.hub = RefreshHub(generation)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], generation: int) -> DevWorker | None:
-        if env.get("LIVESWAP_DEV") != "1":
-            return None
+    def from_env(cls, env: Mapping[str, str], generation: int) -> DevWorker:
+        """The dev side of a worker the supervisor started with ``LIVESWAP_DEV=1``."""
         return cls(generation, env.get("LIVESWAP_BROWSER_RELOAD", "1") == "1")
 
     def prepare(self) -> None:

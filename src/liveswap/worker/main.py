@@ -110,8 +110,7 @@ def _dev_worker(env: Mapping[str, str], generation: str) -> DevWorker | None:
     from ..dev.worker import DevWorker
 
     dev = DevWorker.from_env(env, int(generation))
-    if dev is not None:
-        dev.prepare()
+    dev.prepare()
     return dev
 
 
