@@ -53,6 +53,23 @@ def _click_option(opt: Option) -> Callable[[Any], Any]:
     return click.option(opt.flag, opt.name, default=None, help=help_text, metavar=type(opt.default).__name__.upper())
 
 
+class _WithCommand(click.Command):
+    """Everything after ``--`` is a server command to supervise (command mode), kept verbatim."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["liveswap.command"] = args[at + 1 :]
+            if not args[at + 1 :]:
+                raise click.UsageError("nothing after --: give the server command to run, e.g. -- gunicorn app:app")
+            args = args[:at]
+        return super().parse_args(ctx, args)
+
+
+def _command_line() -> list[str]:
+    return list(click.get_current_context().meta.get("liveswap.command", []))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="liveswap")
 def cli() -> None:
@@ -60,15 +77,16 @@ def cli() -> None:
     worker crashes and file saves."""
 
 
-@cli.command()
+@cli.command(cls=_WithCommand)
 @click.argument("app", required=False, default="")
 @_add_options("run")
 def run(app: str, **options: Any) -> None:
-    """Serve APP (module:attribute, an ASGI or WSGI app) in production.
+    """Serve APP (module:attribute, an ASGI or WSGI app) in production, or any server command given
+    after `--` (command mode: `liveswap run -- gunicorn app:app`; see docs/command-mode.md).
 
     Reload with `liveswap reload` or `kill -HUP <pid>`; stop with Ctrl-C, SIGTERM or `liveswap stop`.
     """
-    _supervise(app, options, dev=False)
+    _supervise(app, options, dev=False, command=_command_line())
 
 
 @cli.command()
@@ -83,18 +101,40 @@ def dev(app: str, **options: Any) -> None:
     _supervise(app, options, dev=True)
 
 
-def _supervise(app: str, options: dict[str, Any], dev: bool) -> None:
+def _check_command(command: list[str], settings: Any) -> None:
+    """Before anything is bound: the program exists and the placeholders make sense."""
+    import shutil
+
+    from .supervisor.kinds.execute import placeholders
+
+    program = command[0]
+    if shutil.which(program) is None:
+        where = "is not executable" if os.path.exists(program) else "was not found"
+        raise ConfigError(
+            f"the command {program!r} {where}",
+            hint="check the spelling; give its full path, or ./name for a program in this folder"
+            if where == "was not found"
+            else f"chmod +x {program}, or run it through its interpreter",
+        )
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":") if "LISTEN_FDS" in os.environ else settings.bind
+    placeholders(command, names)
+
+
+def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] | None = None) -> None:
     from ._log import setup_logging
     from .http.app import check_app
     from .sockets import bind_all, inherit_listen_fds
     from .supervisor import Supervisor
 
     try:
-        settings = load_settings(app, options)
+        settings = load_settings(app, options, command=command or ())
         settings.app_dir = str(Path(settings.app_dir).resolve())
         # Before any socket is bound: a typo in APP is a usage error, not a boot failure. The
         # supervisor never imports the app; this only looks for its top-level module.
-        check_app(settings.app, settings.app_dir)
+        if settings.command:
+            _check_command(settings.command, settings)
+        else:
+            check_app(settings.app, settings.app_dir)
     except (ConfigError, AppLoadError) as exc:
         _fail(exc, EXIT_USAGE)
     try:

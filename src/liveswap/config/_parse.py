@@ -186,6 +186,34 @@ def choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+
+
+def stop_signal(value: Any) -> str:
+    """A signal that asks a server to stop gracefully: ``TERM``, ``SIGTERM`` or ``term``; SIGKILL is
+    refused (it is what the hammer sends after --drain-timeout)."""
+    text = str(value).strip().upper()
+    name = text if text.startswith("SIG") else "SIG" + text
+    if name == "SIGKILL":
+        raise Invalid(
+            f"{value!r} cannot be caught: in-flight requests would be cut",
+            hint="give the signal your server drains on (most: SIGTERM; nginx: SIGQUIT); liveswap sends "
+            "SIGKILL itself after --drain-timeout",
+        )
+    if name not in STOP_SIGNALS:
+        raise Invalid(f"{value!r} is not a stop signal", hint=f"one of: {', '.join(STOP_SIGNALS)}")
+    return name
+
+
+def host_port(value: Any) -> str:
+    """``HOST:PORT`` of a server on this machine (``--upstream``)."""
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise Invalid(f"{text!r} is not HOST:PORT", hint="e.g. 127.0.0.1:8080 or localhost:3000")
+    return text
+
+
 def boolean(text: Any) -> bool:
     if isinstance(text, bool):
         return text

@@ -28,6 +28,7 @@ from ._parse import (
     module_name,
     parse_duration,
     request_path,
+    stop_signal,
 )
 
 __all__ = ["OPTIONS", "Option", "docs_table", "option"]
@@ -196,6 +197,31 @@ OPTIONS: tuple[Option, ...] = (
         "debug_token",
         "",
         "Require this token (?token= or Authorization: Bearer) on the debug server.",
+    ),
+    Option(
+        "proxy",
+        False,
+        "Command mode: run each generation of the command on a private loopback $PORT and proxy the public "
+        "sockets to it: a new generation gets public traffic only once healthy (for any server, and servers "
+        "that cannot take a socket).",
+        boolean,
+        flag_is_switch=True,
+        commands=("run",),
+    ),
+    Option(
+        "ready_after",
+        0.0,
+        "Command mode: take the command as ready this long after it starts, when it neither sends READY=1 nor "
+        "can be health-checked (0: wait for those; 1 s when the command takes its socket by {fd} alone).",
+        duration(),
+        commands=("run",),
+    ),
+    Option(
+        "stop_signal",
+        "SIGTERM",
+        "Command mode: the signal that makes the command drain and exit (SIGKILL follows at --drain-timeout).",
+        stop_signal,
+        commands=("run",),
     ),
     Option(
         "watch",

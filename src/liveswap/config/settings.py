@@ -6,9 +6,10 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,11 @@ class Settings:
     watch: list[str]
     ignore: list[str]
     no_browser_reload: bool
+    proxy: bool
+    ready_after: float
+    stop_signal: str
+    # Command mode (`liveswap run -- COMMAND ...`): the command line; APP is then its display name.
+    command: list[str] = field(default_factory=list)
 
     @classmethod
     def defaults(cls, app: str, **overrides: Any) -> Settings:
@@ -65,7 +71,8 @@ class Settings:
         if self.name:
             return self.name
         # Derived names follow the rules of --name, so the control socket path stays short and plain.
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.app).strip("-.")[:MAX_NAME].rstrip("-.") or "app"
+        source = Path(self.command[0]).name if self.command else self.app
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", source).strip("-.")[:MAX_NAME].rstrip("-.") or "app"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -117,8 +124,17 @@ def _check_together(app: str, values: Mapping[str, Any]) -> None:
             )
 
 
+def _check_command(values: Mapping[str, Any]) -> None:
+    if values["preload"]:
+        raise ConfigError("--preload is for Python apps", hint="a command imports what it needs itself")
+
+
 def load_settings(
-    app: str, cli: Mapping[str, Any], environ: Mapping[str, str] | None = None, cwd: Path | None = None
+    app: str,
+    cli: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    command: Sequence[str] = (),
 ) -> Settings:
     """Resolve every option: CLI values (None or empty = not given) > LIVESWAP_* > pyproject > default."""
     environ = os.environ if environ is None else environ
@@ -138,6 +154,17 @@ def load_settings(
             values[option.name] = _convert(option, project[option.key], f"[tool.liveswap] {option.key}")
         else:
             values[option.name] = copy.deepcopy(option.default)
+    if command:
+        if app:
+            raise ConfigError(
+                f"both an APP ({app!r}) and a command after -- were given",
+                hint="give one: `liveswap run myapp:app` serves a Python app, `liveswap run -- gunicorn myapp:app` "
+                "runs a server command",
+            )
+        _check_command(values)
+        return Settings(app=shlex.join(command), command=list(command), **values)
+    if values["proxy"]:
+        raise ConfigError("--proxy is for command mode", hint="run a server command: liveswap run --proxy -- CMD ...")
     if not app:
         app = str(project.get("app", ""))
     if not app:

@@ -26,6 +26,7 @@ from .events import ChildrenExited, Event, NotifyReadable, ReloadAsked, StopAske
 from .generation import BootFailed, Generation, GenerationStatus, GenState, Worker, WorkerState
 from .health import health_host
 from .kinds import WorkerKind
+from .kinds.command import CommandWorkers
 from .kinds.python import PythonWorkers
 from .lifecycle import ACK_TIMEOUT, Lifecycle
 from .restarts import Restarts
@@ -88,14 +89,18 @@ class Supervisor:
         self.health_host = settings.health_host or health_host(listeners)
         self.listening = [describe(x.sock) for x in listeners]  # the sockets are closed first at a stop
         self.dev = dev  # liveswap dev: file watching, the error page
-        self.kind: WorkerKind = PythonWorkers(
-            settings,
-            listeners,
-            self.notify_rx.name,
-            self.spawn_task,
-            dev_env=dev.worker_env() if dev is not None else None,
-            on_imported=dev.on_imported if dev is not None else None,
-        )
+        self.kind: WorkerKind
+        if settings.command:
+            self.kind = CommandWorkers(settings, listeners, self.notify_rx.name, self.spawn_task)
+        else:
+            self.kind = PythonWorkers(
+                settings,
+                listeners,
+                self.notify_rx.name,
+                self.spawn_task,
+                dev_env=dev.worker_env() if dev is not None else None,
+                on_imported=dev.on_imported if dev is not None else None,
+            )
         self.reloads = Reloads(self, _dev_policy() if dev is not None else RollBack())
         self.restarts = Restarts(self)
         self.workers = Lifecycle(self)
@@ -139,7 +144,7 @@ class Supervisor:
         loop.add_reader(self.notify_rx.fileno(), self.events.put_nowait, NotifyReadable())
         await self.control.start()
         dispatcher = self.spawn_task(self._dispatch())
-        if self.settings.worker_timeout:
+        if self.settings.worker_timeout and self.kind.beats:
             self.spawn_task(self.restarts.watchdog())
         started = time.monotonic()
         try:
@@ -229,6 +234,11 @@ class Supervisor:
 
     def on_notify(self, pid: int, fields: dict[str, str]) -> None:
         worker = self.by_pid.get(pid)
+        if worker is None and not self.kind.beats:
+            # A command's READY=1 may come from a process it started (npm start -> node): each
+            # command leads its own process group.
+            with contextlib.suppress(OSError):
+                worker = self.by_pid.get(os.getpgid(pid))
         if worker is None:
             self.early_notify.setdefault(pid, []).append(fields)
             return
@@ -274,8 +284,7 @@ class Supervisor:
     def kill(self, worker: Worker) -> None:
         if worker.pid and worker.state is not WorkerState.DEAD:
             worker.expected_exit = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGKILL)
+            self.kind.kill(worker)
 
     # ---- stopping ---------------------------------------------------------------------------------
     async def _stop(self, graceful: bool) -> None:

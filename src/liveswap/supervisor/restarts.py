@@ -79,7 +79,7 @@ class Restarts:
     # ---- hung workers ------------------------------------------------------------------------------
     def silent_for(self, worker: Worker) -> float:
         """Seconds since ``worker``'s last heartbeat (0 when heartbeats are off or it is not live yet)."""
-        if not self.sup.settings.worker_timeout or not worker.last_beat:
+        if not self.sup.settings.worker_timeout or not worker.last_beat or not self.sup.kind.beats:
             return 0.0
         return time.monotonic() - worker.last_beat
 

@@ -1,6 +1,6 @@
-"""Kinds of worker: what differs between a Python worker forked from the template and (to come) an
-external command given the sockets, or one behind a proxy. The reload transaction, restarts and
-stops are written once, against this interface.
+"""Kinds of worker: what differs between a Python worker forked from the template (``python.py``),
+an external command given the sockets (``command.py``) and one behind our proxy (``proxied.py``).
+The reload transaction, restarts and stops are written once, against this interface.
 
 A boot is ``spawn`` (the worker's pid is known), then ``wait_ready`` (READY=1 or its equivalent),
 then ``check_health`` (the status code of a private health request), all under one deadline; only
@@ -17,6 +17,8 @@ __all__ = ["WorkerKind"]
 
 
 class WorkerKind(Protocol):
+    beats: bool  # its workers send heartbeats (the watchdog finds hung ones)
+
     def start(self) -> None:
         """Prepare to spawn (e.g. start the template process)."""
 
@@ -43,6 +45,9 @@ class WorkerKind(Protocol):
         """Ask the worker to stop accepting and finish in-flight work; ``final``: the service stops,
         and the worker first accepts what waits in the listeners' queues; ``next_generation``: the
         one live now (0 if none)."""
+
+    def kill(self, worker: Worker) -> None:
+        """SIGKILL the worker (and whatever it started)."""
 
     def worker_exited(self, worker: Worker) -> None:
         """Release what the kind holds for an exited worker."""

@@ -36,6 +36,8 @@ MAX_DUMP_LINES = 500  # of a dying worker's stacks
 class PythonWorkers:
     """Spawns workers through the template process and speaks the channel with them."""
 
+    beats = True
+
     def __init__(
         self,
         settings: Settings,
@@ -129,6 +131,10 @@ class PythonWorkers:
 
     def drain(self, worker: Worker, final: bool, next_generation: int) -> None:
         self._send(worker, channel.Drain(final=final, next_generation=next_generation))
+
+    def kill(self, worker: Worker) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGKILL)
 
     def worker_exited(self, worker: Worker) -> None:
         # Its channel is closed by the reader at EOF (closing it here could drop its last words,
