@@ -139,9 +139,16 @@ def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] 
         _fail(exc, EXIT_USAGE)
     try:
         setup_logging(settings.log_level, role="supervisor")
-        listeners = inherit_listen_fds(os.environ)
-        if listeners is None:
-            listeners = bind_all(settings.bind)
+        handover = None
+        if settings.takeover:
+            from .control.takeover import take_over
+
+            handover = take_over(settings.instance_name(), settings.bind)
+            taken = {x.name: x for x in handover.listeners}
+            fresh = {x.name: x for x in bind_all([b for b in settings.bind if b not in taken])}
+            listeners = [taken.get(b) or fresh[b] for b in settings.bind]
+        else:
+            listeners = inherit_listen_fds(os.environ) or bind_all(settings.bind)
         session = None
         if dev:
             settings.workers = 1
@@ -150,7 +157,7 @@ def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] 
             session = DevSession(
                 Path(settings.app_dir), settings.watch, settings.ignore, not settings.no_browser_reload
             )
-        supervisor = Supervisor(settings, listeners, session)
+        supervisor = Supervisor(settings, listeners, session, handover)
         code = asyncio.run(supervisor.run())
     except LiveswapError as exc:
         _fail(exc)

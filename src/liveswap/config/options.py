@@ -224,6 +224,16 @@ OPTIONS: tuple[Option, ...] = (
         commands=("run",),
     ),
     Option(
+        "takeover",
+        False,
+        "Take the listening sockets of the running instance of the same --name, boot and health-check this one's "
+        "workers on them, then make it drain and exit (a new liveswap version, options or virtualenv, no gap). "
+        "If this one fails, the old one keeps serving.",
+        boolean,
+        flag_is_switch=True,
+        commands=("run",),
+    ),
+    Option(
         "watch",
         [],
         "liveswap dev: also reload when a file matching this glob changes (templates/**/*.html, .env); "

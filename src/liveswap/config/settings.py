@@ -54,6 +54,7 @@ class Settings:
     proxy: bool
     ready_after: float
     stop_signal: str
+    takeover: bool
     # Command mode (`liveswap run -- COMMAND ...`): the command line; APP is then its display name.
     command: list[str] = field(default_factory=list)
 

@@ -22,10 +22,12 @@ from .paths import socket_path
 
 __all__ = ["COMMANDS", "ControlServer"]
 
-COMMANDS = ("reload", "stop", "status")
+COMMANDS = ("reload", "stop", "status", "takeover")
 MAX_REQUEST = 64 * 1024
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# A takeover speaks more than one line on its connection (``takeover.py``); None: nothing to answer.
+TakeoverHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[dict[str, Any] | None]]
 
 log = logging.getLogger("liveswap.control")
 
@@ -33,10 +35,12 @@ log = logging.getLogger("liveswap.control")
 class ControlServer:
     """Serves control requests; ``handler`` gets the parsed request and returns the reply."""
 
-    def __init__(self, name: str, handler: Handler) -> None:
+    def __init__(self, name: str, handler: Handler, takeover: TakeoverHandler | None = None) -> None:
         self.path = socket_path(name)
         self.handler = handler
+        self.takeover = takeover
         self.server: asyncio.AbstractServer | None = None
+        self.bound = False  # the socket file is ours to remove
         self._serving: set[asyncio.Task[Any]] = set()  # requests being answered
 
     async def start(self) -> None:
@@ -56,6 +60,7 @@ class ControlServer:
         old = os.umask(0o177)
         try:
             self.server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_REQUEST)
+            self.bound = True
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -67,11 +72,12 @@ class ControlServer:
         try:
             sock = writer.get_extra_info("socket")
             if peer_credentials(sock).uid != os.getuid():
-                reply: dict[str, Any] = {"ok": False, "error": "permission denied: peer has another uid"}
+                reply: dict[str, Any] | None = {"ok": False, "error": "permission denied: peer has another uid"}
             else:
-                reply = await self._answer(reader)
-            writer.write((json.dumps(reply) + "\n").encode())
-            await writer.drain()
+                reply = await self._answer(reader, writer)
+            if reply is not None:
+                writer.write((json.dumps(reply) + "\n").encode())
+                await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
@@ -79,7 +85,7 @@ class ControlServer:
             if task is not None:
                 self._serving.discard(task)
 
-    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> dict[str, Any] | None:
         try:
             line = await asyncio.wait_for(reader.readline(), timeout=5.0)
         except (ValueError, asyncio.LimitOverrunError):
@@ -100,11 +106,25 @@ class ControlServer:
             shown = repr(cmd[:40]) if isinstance(cmd, str) else f"({_json_type(cmd)})"
             return {"ok": False, "error": f"unknown command {shown}", "hint": f"commands: {', '.join(COMMANDS)}"}
         try:
+            if cmd == "takeover":
+                if self.takeover is None:
+                    return {"ok": False, "error": "this instance cannot be taken over"}
+                return await self.takeover(reader, writer)
             return await self.handler(req)
         except Exception:
             # A bug on our side: log it with its traceback, and still answer the caller.
             log.exception("internal error answering the control command %r", cmd)
             return {"ok": False, "error": f"internal error answering {cmd!r}; the instance's log has the traceback"}
+
+    def stop_listening(self) -> None:
+        """Give the socket file up (a takeover: the new instance binds it); requests being answered
+        are still answered."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.bound:
+            self.bound = False
+            self.path.unlink(missing_ok=True)
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop listening; requests being answered (a reload's outcome at a stop) get ``timeout`` to finish."""
@@ -113,10 +133,9 @@ class ControlServer:
             self.server = None
         if self._serving:
             await asyncio.wait(list(self._serving), timeout=timeout)
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        if self.bound:  # never another instance's (a takeover's new one, or the one we failed to take over)
+            self.bound = False
+            self.path.unlink(missing_ok=True)
 
 
 def _malformed(what: str) -> dict[str, Any]:

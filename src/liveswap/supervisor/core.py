@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -24,6 +25,8 @@ from ..notify import Notifier, NotifyReceiver
 from ..sockets import Listener, close_all, describe
 from .events import ChildrenExited, Event, NotifyReadable, ReloadAsked, StopAsked
 from .generation import BootFailed, Generation, GenerationStatus, GenState, Worker, WorkerState
+from .handover import complete as handover_complete
+from .handover import give as handover_give
 from .health import health_host
 from .kinds import WorkerKind
 from .kinds.command import CommandWorkers
@@ -33,6 +36,7 @@ from .restarts import Restarts
 from .transaction import FailurePolicy, ReloadOutcome, Reloads, RollBack
 
 if TYPE_CHECKING:
+    from ..control.takeover import Handover
     from ..debug.hub import DebugHub
     from ..dev.session import DevSession
 
@@ -67,7 +71,13 @@ def _dev_policy() -> FailurePolicy:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, listeners: list[Listener], dev: DevSession | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        listeners: list[Listener],
+        dev: DevSession | None = None,
+        handover: Handover | None = None,
+    ) -> None:
         self.settings = settings
         self.listeners = listeners
         self.name = settings.instance_name()
@@ -82,7 +92,9 @@ class Supervisor:
         self.started_at = time.time()
         self.systemd = Notifier()
         self.notify_rx = NotifyReceiver(self.name)
-        self.control = ControlServer(self.name, self._control)
+        self.control = ControlServer(self.name, self._control, takeover=functools.partial(handover_give, self))
+        self.handover = handover  # --takeover: the running instance's sockets, released once we serve
+        self.handing_over = False
         self._stopped: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.debug: DebugHub | None = None  # --debug-bind: the one debug port for all workers
@@ -142,7 +154,8 @@ class Supervisor:
         for sig, event in signals:
             loop.add_signal_handler(sig, self.events.put_nowait, event)
         loop.add_reader(self.notify_rx.fileno(), self.events.put_nowait, NotifyReadable())
-        await self.control.start()
+        if self.handover is None:  # (with --takeover, the old instance has the name until we serve)
+            await self.control.start()
         dispatcher = self.spawn_task(self._dispatch())
         if self.settings.worker_timeout and self.kind.beats:
             self.spawn_task(self.restarts.watchdog())
@@ -162,8 +175,10 @@ class Supervisor:
                 log.error("could not start %s: %s", self.settings.app, outcome.get("error"))
                 if outcome.get("detail"):
                     log.error("%s", outcome["detail"])
-                await self._stop(graceful=False)
+                await self.stop(graceful=False)
                 return EXIT_BOOT_ERROR
+            if self.handover is not None:
+                await handover_complete(self, self.handover)
             log.info(
                 "serving %s on %s: %d worker(s), generation %d, ready in %.1f ms (control: liveswap reload --name %s)",
                 self.settings.app,
@@ -184,6 +199,8 @@ class Supervisor:
             for task in list(self._tasks):
                 task.cancel()
             await self.control.close()
+            if self.handover is not None:
+                self.handover.abandon()
             if self.debug is not None:  # --debug-bind
                 await self.debug.close()
             self.kind.close()
@@ -207,7 +224,7 @@ class Supervisor:
                 self._fast_stop()
             elif not self.stopping:
                 log.info("%s: stopping gracefully (send SIGINT again to stop at once)", event.sig.name)
-                self.spawn_task(self._stop(graceful=True))
+                self.spawn_task(self.stop(graceful=True))
 
     # ---- children ---------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -287,7 +304,9 @@ class Supervisor:
             self.kind.kill(worker)
 
     # ---- stopping ---------------------------------------------------------------------------------
-    async def _stop(self, graceful: bool) -> None:
+    async def stop(self, graceful: bool, final: bool = True) -> None:
+        """Stop serving; ``graceful``: workers drain; ``final``: nobody else accepts on the sockets
+        after us (not so after a takeover), so workers first accept what waits in their queues."""
         self.stopping = True
         self.systemd.send(STOPPING=1)
         self.kind.close()
@@ -301,7 +320,7 @@ class Supervisor:
             gen.restart_pending.clear()
             for w in gen.alive():
                 if graceful and w.state in (WorkerState.LIVE, WorkerState.DRAINING):
-                    self.workers.drain_worker(w, final=True)
+                    self.workers.drain_worker(w, final=final)
                 else:
                     self.kill(w)
         waits = [w.exited for g in self.generations for w in g.workers if not w.exited.done()]
