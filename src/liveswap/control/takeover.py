@@ -98,18 +98,36 @@ def take_over(name: str, binds: Sequence[str], timeout: float = 10.0) -> Handove
             os.close(fd)
         sock.close()
         raise ControlError(f"--takeover: the instance {name!r} refused: {reply.get('error')}", hint=reply.get("hint"))
-    names: list[str] = list(reply.get("names", []))
-    theirs = dict(zip(names, fds, strict=False))
+    theirs = [socket.socket(fileno=fd) for fd in fds]
     listeners = []
     for text in binds:
-        if text in theirs:
-            fd = theirs.pop(text)
-            os.set_inheritable(fd, False)
-            listeners.append(Listener(socket.socket(fileno=fd), text))
-    for left in theirs.values():  # sockets the new options no longer ask for: the old instance closes its own
-        os.close(left)
+        mine = next((x for x in theirs if _same_address(text, x)), None)
+        if mine is not None:
+            theirs.remove(mine)
+            listeners.append(Listener(mine, text))
+    for left in theirs:  # sockets the new options no longer ask for: the old instance closes its own
+        left.close()
     sock.settimeout(None)
     return Handover(sock, int(reply.get("pid", creds.pid)), listeners)
+
+
+def _same_address(text: str, sock: socket.socket) -> bool:
+    """Does ``--bind text`` name the address ``sock`` listens on (``127.0.0.1:0`` never does;
+    ``localhost:8000`` does for a socket on 127.0.0.1:8000)?"""
+    try:
+        spec = parse_bind(text)
+    except LiveswapError:
+        return False
+    bound = sock.getsockname()
+    if spec.kind == "unix":
+        return sock.family == socket.AF_UNIX and os.path.abspath(spec.path) == os.path.abspath(str(bound))
+    if spec.kind != "tcp" or spec.port == 0 or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False
+    return any(family == sock.family and addr[:2] == bound[:2] for family, _, _, _, addr in infos[:1])
 
 
 def give_sockets(conn: socket.socket, listeners: Sequence[Listener], pid: int) -> None:
