@@ -120,6 +120,14 @@ def _check_command(command: list[str], settings: Any) -> None:
     placeholders(command, names)
 
 
+def _upgrade_state() -> dict[str, Any] | None:
+    text = os.environ.pop("LIVESWAP_UPGRADE", "")
+    if not text:
+        return None
+    state: dict[str, Any] = json.loads(text)
+    return state
+
+
 def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] | None = None) -> None:
     from ._log import setup_logging
     from .http.app import check_app
@@ -137,10 +145,21 @@ def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] 
             check_app(settings.app, settings.app_dir)
     except (ConfigError, AppLoadError) as exc:
         _fail(exc, EXIT_USAGE)
+    upgraded = _upgrade_state()
+    if os.environ.pop("LIVESWAP_DRY_RUN", ""):  # liveswap upgrade's check of the code on disk
+        import liveswap.supervisor  # noqa: F401 - everything a supervisor imports, imported once
+        import liveswap.worker.main  # noqa: F401
+
+        click.echo(f"liveswap {__version__}: dry run ok ({settings.app})")
+        sys.exit(0)
     try:
         setup_logging(settings.log_level, role="supervisor")
         handover = None
-        if settings.takeover:
+        if upgraded is not None:  # liveswap upgrade: this process's previous image held these
+            from .supervisor.upgrade import listeners_from
+
+            listeners = listeners_from(upgraded)
+        elif settings.takeover:
             from .control.takeover import take_over
 
             handover = take_over(settings.instance_name(), settings.bind)
@@ -157,7 +176,7 @@ def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] 
             session = DevSession(
                 Path(settings.app_dir), settings.watch, settings.ignore, not settings.no_browser_reload
             )
-        supervisor = Supervisor(settings, listeners, session, handover)
+        supervisor = Supervisor(settings, listeners, session, handover, upgraded)
         code = asyncio.run(supervisor.run())
     except LiveswapError as exc:
         _fail(exc)
@@ -228,6 +247,63 @@ def reload(name: str | None, timeout: float) -> None:
     if reply.get("detail"):
         click.echo(str(reply["detail"]), err=True)
     sys.exit(EXIT_ERROR)
+
+
+@cli.command()
+@_name_option
+@click.option(
+    "--timeout", default="120s", callback=_duration, show_default=True, help="How long to wait for each step."
+)
+@click.option("--no-reload", is_flag=True, help="Only re-execute the supervisor; leave the workers as they are.")
+def upgrade(name: str | None, timeout: float, no_reload: bool) -> None:
+    """Upgrade a running instance's supervisor in place to the liveswap now on disk: same pid,
+    sockets and workers (after a dry run of the new version), then reload the workers onto it."""
+    from .control import exchange
+
+    before = _request("status", name, 10.0)
+    answer = exchange("upgrade", name, timeout=timeout)
+    reply = answer.reply
+    if not reply.get("ok"):
+        click.echo(f"liveswap: error: {reply.get('error')}", err=True)
+        if reply.get("detail"):
+            click.echo(str(reply["detail"]), err=True)
+        if reply.get("hint"):
+            click.echo(f"     hint: {reply['hint']}", err=True)
+        sys.exit(EXIT_ERROR)
+    pid = reply["pid"]
+    click.echo(f"upgrading liveswap pid {pid} in place: dry run ok, re-executing")
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(0.05)
+        try:
+            now = _poll_status(answer.path.stem)
+        except LiveswapError:
+            now = None  # between the old image's exit of the socket and the new image's bind
+        if now is not None and now.get("upgrades", 0) > before.get("upgrades", 0):
+            break
+        if now is not None and now.get("upgrade_error") and now.get("upgrade_error") != before.get("upgrade_error"):
+            _fail(LiveswapError(f"upgrade failed: {now['upgrade_error']}; the old supervisor keeps serving"))
+        if time.monotonic() > deadline:
+            _fail(
+                LiveswapError(
+                    f"liveswap pid {pid} did not come back within {timeout:g} s after re-executing",
+                    hint="look at its log; `liveswap status` tells whether it serves",
+                )
+            )
+    click.echo(
+        f"liveswap pid {now['pid']} runs liveswap {now['version']} (was {before.get('version')}), "
+        f"same sockets and workers"
+    )
+    if no_reload:
+        return
+    click.echo("reloading the workers onto it")
+    reload.callback(name=answer.path.stem, timeout=timeout)  # type: ignore[misc]
+
+
+def _poll_status(name: str) -> dict[str, Any]:
+    from .control import request
+
+    return request("status", name, timeout=2.0)
 
 
 @cli.command()

@@ -22,12 +22,13 @@ from .paths import socket_path
 
 __all__ = ["COMMANDS", "ControlServer"]
 
-COMMANDS = ("reload", "stop", "status", "takeover")
+COMMANDS = ("reload", "stop", "status", "takeover", "upgrade")
 MAX_REQUEST = 64 * 1024
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-# A takeover speaks more than one line on its connection (``takeover.py``); None: nothing to answer.
-TakeoverHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[dict[str, Any] | None]]
+# A takeover speaks more than one line on its connection (``takeover.py``), an upgrade answers before
+# it re-executes: they get the connection itself. None: nothing (more) to answer.
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[dict[str, Any] | None]]
 
 log = logging.getLogger("liveswap.control")
 
@@ -35,10 +36,10 @@ log = logging.getLogger("liveswap.control")
 class ControlServer:
     """Serves control requests; ``handler`` gets the parsed request and returns the reply."""
 
-    def __init__(self, name: str, handler: Handler, takeover: TakeoverHandler | None = None) -> None:
+    def __init__(self, name: str, handler: Handler, streams: dict[str, StreamHandler] | None = None) -> None:
         self.path = socket_path(name)
         self.handler = handler
-        self.takeover = takeover
+        self.streams = dict(streams or {})
         self.server: asyncio.AbstractServer | None = None
         self.bound = False  # the socket file is ours to remove
         self._serving: set[asyncio.Task[Any]] = set()  # requests being answered
@@ -106,10 +107,10 @@ class ControlServer:
             shown = repr(cmd[:40]) if isinstance(cmd, str) else f"({_json_type(cmd)})"
             return {"ok": False, "error": f"unknown command {shown}", "hint": f"commands: {', '.join(COMMANDS)}"}
         try:
-            if cmd == "takeover":
-                if self.takeover is None:
-                    return {"ok": False, "error": "this instance cannot be taken over"}
-                return await self.takeover(reader, writer)
+            if cmd in self.streams:
+                return await self.streams[cmd](reader, writer)
+            if cmd in ("takeover", "upgrade"):
+                return {"ok": False, "error": f"this instance does not support {cmd!r}"}
             return await self.handler(req)
         except Exception:
             # A bug on our side: log it with its traceback, and still answer the caller.

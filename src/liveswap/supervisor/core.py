@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._os import EXIT_BOOT_ERROR, EXIT_OK, become_subreaper, exit_text
 from ..config import Settings
@@ -24,7 +24,7 @@ from ..control import ControlServer
 from ..notify import Notifier, NotifyReceiver
 from ..sockets import Listener, close_all, describe
 from .events import ChildrenExited, Event, NotifyReadable, ReloadAsked, StopAsked
-from .generation import BootFailed, Generation, GenerationStatus, GenState, Worker, WorkerState
+from .generation import BootFailed, Generation, GenState, Worker, WorkerState
 from .handover import complete as handover_complete
 from .handover import give as handover_give
 from .health import health_host
@@ -33,35 +33,20 @@ from .kinds.command import CommandWorkers
 from .kinds.python import PythonWorkers
 from .lifecycle import ACK_TIMEOUT, Lifecycle
 from .restarts import Restarts
+from .status import Status, status_of
 from .transaction import FailurePolicy, ReloadOutcome, Reloads, RollBack
+from .upgrade import adopt, upgrade_in_place
 
 if TYPE_CHECKING:
     from ..control.takeover import Handover
     from ..debug.hub import DebugHub
     from ..dev.session import DevSession
 
-__all__ = ["Status", "Supervisor"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger("liveswap.supervisor")
 
 T = TypeVar("T")
-
-
-class Status(TypedDict):
-    name: str
-    pid: int
-    app: str
-    state: str
-    uptime: float
-    listening: list[str]
-    workers: int
-    generations: list[GenerationStatus]
-    last_reload: ReloadOutcome | None
-    reloading: bool
-    reloads_ok: int
-    reloads_failed: int
-    restarts: int
-    hung: int
 
 
 def _dev_policy() -> FailurePolicy:
@@ -77,6 +62,7 @@ class Supervisor:
         listeners: list[Listener],
         dev: DevSession | None = None,
         handover: Handover | None = None,
+        upgraded: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.listeners = listeners
@@ -92,9 +78,17 @@ class Supervisor:
         self.started_at = time.time()
         self.systemd = Notifier()
         self.notify_rx = NotifyReceiver(self.name)
-        self.control = ControlServer(self.name, self._control, takeover=functools.partial(handover_give, self))
+        self.control = ControlServer(
+            self.name,
+            self._control,
+            {"takeover": functools.partial(handover_give, self), "upgrade": functools.partial(upgrade_in_place, self)},
+        )
         self.handover = handover  # --takeover: the running instance's sockets, released once we serve
         self.handing_over = False
+        self.upgrades = 0  # liveswap upgrade: re-executions in place of this process
+        self.upgrade_error = ""
+        self.upgraded = upgraded  # the state the previous image of this process left (liveswap upgrade)
+        self.helpers: dict[int, asyncio.Future[int]] = {}  # processes we started that are not workers
         self._stopped: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.debug: DebugHub | None = None  # --debug-bind: the one debug port for all workers
@@ -167,8 +161,10 @@ class Supervisor:
             self.kind.start()
             if self.dev is not None:
                 await self.dev.start(self)
-            # Through the reload queue, so that a reload asked for while we start waits its turn.
-            outcome = await self.reloads.request("initial start")
+            if self.upgraded is not None:  # liveswap upgrade: the workers of our previous image serve on
+                outcome: ReloadOutcome = {"ok": True, "generation": await adopt(self, self.upgraded)}
+            else:  # through the reload queue, so that a reload asked for while we start waits its turn
+                outcome = await self.reloads.request("initial start")
             if not outcome["ok"] and self.stopping:  # stopped (SIGTERM, liveswap stop) while starting
                 return await self._stopped
             if not outcome["ok"] and self.live is None:  # (dev mode serves an error page instead)
@@ -214,7 +210,7 @@ class Supervisor:
         while True:
             event = await self.events.get()
             if isinstance(event, ChildrenExited):
-                self._reap()
+                self.reap()
             elif isinstance(event, NotifyReadable):
                 for pid, fields in self.notify_rx.receive():
                     self.on_notify(pid, fields)
@@ -227,7 +223,14 @@ class Supervisor:
                 self.spawn_task(self.stop(graceful=True))
 
     # ---- children ---------------------------------------------------------------------------
-    def _reap(self) -> None:
+    def expect_exit(self, pid: int) -> asyncio.Future[int]:
+        """The exit code of ``pid``, a helper process we started (not a worker), once reaped."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.helpers[pid] = fut
+        self.reap()  # it may be gone already
+        return fut
+
+    def reap(self) -> None:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -236,6 +239,11 @@ class Supervisor:
             if pid == 0:
                 return
             code = os.waitstatus_to_exitcode(status)
+            helper = self.helpers.pop(pid, None)
+            if helper is not None:
+                if not helper.done():
+                    helper.set_result(code)
+                continue
             if self.kind.owns(pid):
                 if not self.stopping:
                     log.warning("template pid %d exited (%s); a new one starts on the next spawn", pid, exit_text(code))
@@ -360,29 +368,4 @@ class Supervisor:
         return {"ok": True, "stopping": True, "pid": os.getpid()}
 
     def status(self) -> Status:
-        now = time.monotonic()
-        live_workers = len([w for w in self.live.workers if w.state is WorkerState.LIVE]) if self.live else 0
-        if self.stopping:
-            state = "stopping"
-        elif self.live is None:
-            state = "starting"
-        elif live_workers < self.settings.workers:
-            state = f"degraded: {live_workers} of {self.settings.workers} workers up, restarting with backoff"
-        else:
-            state = "serving"
-        return {
-            "name": self.name,
-            "pid": os.getpid(),
-            "app": self.settings.app,
-            "state": state,
-            "uptime": round(time.time() - self.started_at, 3),
-            "listening": self.listening,
-            "workers": self.settings.workers,
-            "generations": [g.status(now) for g in self.generations],
-            "last_reload": self.reloads.last,
-            "reloading": self.reloads.task is not None,
-            "reloads_ok": self.reloads.ok,
-            "reloads_failed": self.reloads.failed,
-            "restarts": self.restarts.restarts,
-            "hung": self.restarts.hung,
-        }
+        return status_of(self)

@@ -57,7 +57,8 @@ class Lifecycle:
             self.sup.kill(worker)
             raise BootFailed(
                 f"{worker.describe()} was not ready and healthy within {self.sup.settings.boot_timeout:g} s "
-                "(--boot-timeout)"
+                "(--boot-timeout)",
+                self.sup.kind.timeout_hint(worker),
             ) from None
         except BootFailed:
             self.sup.kill(worker)

@@ -9,7 +9,7 @@ then ``activate`` (take public traffic). ``drain`` asks a worker to stop accepti
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..generation import Worker
 
@@ -38,6 +38,9 @@ class WorkerKind(Protocol):
     async def check_health(self, worker: Worker, path: str, host: str) -> int:
         """The status code of ``GET path`` asked privately of the worker (not on the public sockets)."""
 
+    def timeout_hint(self, worker: Worker) -> str:
+        """A hint for a worker that was not ready and healthy within --boot-timeout ("" for none)."""
+
     async def activate(self, workers: list[Worker], timeout: float) -> None:
         """Let ready workers take public traffic; returns when each confirmed or ``timeout`` passed."""
 
@@ -45,6 +48,13 @@ class WorkerKind(Protocol):
         """Ask the worker to stop accepting and finish in-flight work; ``final``: the service stops,
         and the worker first accepts what waits in the listeners' queues; ``next_generation``: the
         one live now (0 if none)."""
+
+    def export(self, worker: Worker) -> dict[str, Any]:
+        """What a new image of the supervisor needs to adopt this live worker (liveswap upgrade):
+        JSON values; keys ending in ``_fd`` are fds to keep open across execve."""
+
+    async def adopt(self, worker: Worker, info: dict[str, Any]) -> None:
+        """Take over a live worker that a previous image of the supervisor ran (``export``'s ``info``)."""
 
     def kill(self, worker: Worker) -> None:
         """SIGKILL the worker (and whatever it started)."""

@@ -16,9 +16,12 @@ import collections
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import socket
+import struct
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,7 @@ log = logging.getLogger("liveswap.supervisor")
 DEFAULT_READY_AFTER = 1.0  # when nothing else can tell that the command is ready
 TAIL_LINES = 20  # of its stderr, kept for the message when it fails to start
 DRAIN_POLL = 0.02  # how often /proc is read to see whether the old command closed its sockets
+HEALTH_GRACE = 0.5  # after READY=1: how long the health check's connection may wait to be accepted
 _CLEARED = ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "EINHORN_FD_COUNT")
 
 
@@ -50,7 +54,9 @@ class Child:
     health_sock: socket.socket | None = None  # our end of the private health listener
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     probe: asyncio.Task[int] | None = None
+    probe_connected: bool = False  # the health check's connection is made (it waits to be accepted)
     relay: asyncio.Task[None] | None = None
+    relay_fd: int = -1  # the read end of its stderr pipe
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -80,6 +86,7 @@ class CommandWorkers:
         self.gone: dict[Worker, Child] = {}  # exited lately: their last words may still be asked for
         self.inodes = {os.fstat(x.sock.fileno()).st_ino for x in self.listeners}
         self._said_unchecked = False
+        self._said_no_health = False
 
     def start(self) -> None:
         if not self.health_usable:
@@ -150,6 +157,7 @@ class CommandWorkers:
             os.close(out_r)
             reason = b"".join(chunks).decode("utf-8", "replace")
             raise BootFailed(f"could not start {argv[0]!r}: {reason}", _hint_for_exec(argv[0], reason))
+        child.relay_fd = out_r
         child.relay = self.spawn_task(self._relay(out_r, child))
         return pid
 
@@ -182,6 +190,7 @@ class CommandWorkers:
 
     async def _probe(self, child: Child) -> int:
         reader, writer = await self.connect(child)
+        child.probe_connected = True
         return await probe(reader, writer, self.settings.health_path, self._health_host())
 
     def _health_host(self) -> str:
@@ -217,10 +226,63 @@ class CommandWorkers:
                 self._said_unchecked = True
                 log.warning("%s went through no health check: nothing proves it answers", worker.describe())
             return 0
+        if not await self._health_accepted(child, child.probe):
+            # Fix: READY=1 (or --ready-after) came, but the command never accepted our connection on
+            # the health socket: it serves only its public socket (a Go program that takes fd 3 of
+            # LISTEN_FDS, node's listen({fd: 3})). Waiting for an answer that cannot come ended in a
+            # boot timeout although the command said it was ready.
+            if self._said_no_health:
+                return 0
+            self._said_no_health = True
+            log.warning(
+                "%s said it is ready but does not serve the health socket (%s, fd %d, the last of LISTEN_FDS): "
+                "it and later ones go live with no health check; serve that socket too (docs/command-mode.md)",
+                worker.describe(),
+                HEALTH_NAME,
+                FIRST_FD + len(self.listeners),
+            )
+            return 0
         try:
             return await child.probe
         except OSError as exc:
             raise BootFailed(f"health check of {worker.describe()} failed: {exc}") from None
+
+    async def _health_accepted(self, child: Child, answer: asyncio.Task[int]) -> bool:
+        """Once the command said it is ready: has it accepted (or answered) the health check's
+        connection, within HEALTH_GRACE? Our copy of the health listener tells how many connections
+        wait in its queue. True when that cannot be known (no health listener of ours)."""
+        deadline = time.monotonic() + HEALTH_GRACE
+        while not answer.done():
+            if child.health_sock is None or (child.probe_connected and _queued(child.health_sock) == 0):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def timeout_hint(self, worker: Worker) -> str:
+        """Why a command may not have become ready and healthy in time."""
+        child = self.children.get(worker)
+        cmd = shlex.join(child.argv) if child is not None else " ".join(self.settings.command)
+        fd = FIRST_FD + len(self.listeners)
+        if child is not None and child.probe is not None and not worker.ready.done():
+            if child.probe_connected and child.health_sock is not None and _queued(child.health_sock):
+                return (
+                    "hint: it sent no READY=1 to $NOTIFY_SOCKET and never accepted on the health socket "
+                    f"({HEALTH_NAME}, fd {fd}, the last of LISTEN_FDS): does it take its sockets from LISTEN_FDS or "
+                    "{fd}? A server that serves only its first socket must send READY=1, or be given --ready-after "
+                    f"SECONDS (docs/command-mode.md); it is run as: {cmd}"
+                )
+            return (
+                f"hint: it accepted the health check's connection but did not answer GET {self.settings.health_path} "
+                f"in time; check its output above; it is run as: {cmd}"
+            )
+        if child is not None and child.probe is not None and not child.probe.done():
+            return (
+                f"hint: it said it is ready but did not answer GET {self.settings.health_path} on the health socket "
+                f"in time; check its output above; it is run as: {cmd}"
+            )
+        return f"hint: raise --boot-timeout if it needs longer to start; it is run as: {cmd}"
 
     async def activate(self, workers: list[Worker], timeout: float) -> None:
         for w in workers:  # it has accepted since it started
@@ -232,6 +294,17 @@ class CommandWorkers:
         child = self.children.get(worker)
         if child is not None:
             child.tasks.append(self.spawn_task(self._released(worker)))
+
+    def export(self, worker: Worker) -> dict[str, Any]:
+        child = self.children.get(worker)
+        return {"argv": child.argv, "stderr_fd": child.relay_fd} if child is not None else {}
+
+    async def adopt(self, worker: Worker, info: dict[str, Any]) -> None:
+        child = Child(list(info.get("argv", self.settings.command)), 0)
+        self.children[worker] = child
+        if info.get("stderr_fd", -1) >= 0:
+            child.relay_fd = info["stderr_fd"]
+            child.relay = self.spawn_task(self._relay(child.relay_fd, child))
 
     def signal(self, worker: Worker, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -263,6 +336,17 @@ class CommandWorkers:
         for task in [*child.tasks, *([child.probe] if child.probe else [])]:
             task.cancel()
         # Its stderr is read to EOF by the relay (its last lines explain an exit during the boot).
+
+
+def _queued(listener: socket.socket) -> int:
+    """How many connections wait in ``listener``'s accept queue (Linux: TCP_INFO's tcpi_unacked
+    is the queue length for a listening socket); 0 once it is closed."""
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except OSError:
+        return 0
+    count: int = struct.unpack_from("=I", info, 24)[0]
+    return count
 
 
 def _holds(pgid: int, inodes: set[int]) -> bool:
@@ -309,5 +393,5 @@ def _boot_error(argv: list[str], code: int, tail: list[str]) -> tuple[str, str]:
             "LISTEN_FDS or {fd} (docs/command-mode.md), or run it on $PORT behind --proxy"
         )
     else:
-        lines.append("hint: check the output above for errors it logged; it is run as: " + " ".join(argv))
+        lines.append("hint: check the output above for errors it logged; it is run as: " + shlex.join(argv))
     return message, "\n".join(lines)

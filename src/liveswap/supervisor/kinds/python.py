@@ -121,6 +121,9 @@ class PythonWorkers:
         reader, writer = await asyncio.open_connection(sock=sock)
         return await probe(reader, writer, path, host)
 
+    def timeout_hint(self, worker: Worker) -> str:
+        return ""
+
     async def activate(self, workers: list[Worker], timeout: float) -> None:
         for w in workers:
             self._send(w, channel.Go())
@@ -131,6 +134,18 @@ class PythonWorkers:
 
     def drain(self, worker: Worker, final: bool, next_generation: int) -> None:
         self._send(worker, channel.Drain(final=final, next_generation=next_generation))
+
+    def export(self, worker: Worker) -> dict[str, Any]:
+        sock = worker.writer.get_extra_info("socket") if worker.writer is not None else None
+        return {"channel_fd": sock.fileno()} if sock is not None else {}
+
+    async def adopt(self, worker: Worker, info: dict[str, Any]) -> None:
+        if "channel_fd" not in info:
+            return
+        control = socket.socket(fileno=info["channel_fd"])
+        control.setblocking(False)
+        reader, worker.writer = await asyncio.open_connection(sock=control)
+        worker.reader = self.spawn_task(self._read(worker, reader))
 
     def kill(self, worker: Worker) -> None:
         with contextlib.suppress(ProcessLookupError):
