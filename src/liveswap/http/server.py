@@ -46,6 +46,8 @@ class WorkerServer:
         proxy_headers: bool = True,
         forwarded_allow_ips: str | None = None,
         redirect_while_draining: bool = False,
+        server_header: bool = True,
+        date_header: bool = True,
     ) -> None:
         self.sockets = list(sockets)
         self.limits = Limits(header_timeout=header_timeout, max_header_bytes=max_header_bytes, idle_grace=idle_grace)
@@ -62,6 +64,9 @@ class WorkerServer:
             h11_max_incomplete_event_size=max_header_bytes + 1024,
             proxy_headers=proxy_headers,
             forwarded_allow_ips=forwarded_allow_ips,
+            # A proxy passes on the upstream's own Server and Date headers: ours would duplicate them.
+            server_header=server_header,
+            date_header=date_header,
         )
         self.config.timeout_keep_alive = keepalive_timeout  # type: ignore[assignment]  # a float works
         self.config.load()
