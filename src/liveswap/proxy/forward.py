@@ -235,17 +235,22 @@ async def _relay(response: httpx.Response, receive: Any, send: Any) -> None:
     task = asyncio.current_task()
     watcher: asyncio.Task[None] | None = None
     gone = asyncio.Event()
+    finished = False
     try:
         async for chunk in response.aiter_raw():
             if response.num_bytes_downloaded == expected:
+                # The whole body: the client has it in one message. The loop still runs to its end
+                # (at once), so that httpx sees the end of the response and pools the connection.
                 await send({"type": "http.response.body", "body": chunk})
-                return
+                finished = True
+                continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if watcher is None and task is not None:
                 watcher = asyncio.get_running_loop().create_task(_watch(receive, task, gone))
         if watcher is not None:
             watcher.cancel()  # before the end of the response, which it would take for a disconnect
-        await send({"type": "http.response.body", "body": b""})
+        if not finished:
+            await send({"type": "http.response.body", "body": b""})
     except httpx.TransportError as exc:
         # The head has gone out: all we can do is cut the connection, so the client sees a short
         # body rather than a complete-looking wrong one. uvicorn closes it when we return.

@@ -14,6 +14,7 @@ caller's event loop (the supervisor's)::
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -40,7 +41,12 @@ class ProxyServer:
         # proxy_headers would take X-Forwarded-For from 127.0.0.1 peers, and we append the peer);
         # the upstream's Server and Date headers pass through, so uvicorn adds none of its own.
         limits = {"proxy_headers": False, **limits, "server_header": False, "date_header": False}
-        self.server = WorkerServer(app, [sock.dup() for sock in listeners], **limits)
+        # socket(fileno=) reads family, type and protocol back from the kernel. sock.dup() would copy
+        # the Python object's, and a socket made with socket.socket() says protocol 0: asyncio then
+        # leaves Nagle on for the connections it accepts, and every keep-alive answer waits ~40 ms for
+        # the client's delayed ACK.
+        copies = [socket.socket(fileno=os.dup(sock.fileno())) for sock in listeners]
+        self.server = WorkerServer(app, copies, **limits)
         self._started = False
         self._closed = False
 
