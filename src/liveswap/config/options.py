@@ -234,6 +234,34 @@ OPTIONS: tuple[Option, ...] = (
         commands=("run",),
     ),
     Option(
+        "pid_file",
+        "",
+        "Write the supervisor's pid to this file once it serves (kept across liveswap upgrade: same pid); "
+        "removed when it stops.",
+        commands=("run",),
+    ),
+    Option(
+        "on_reload_start",
+        "",
+        "Shell command run when a reload starts (not awaited), with LIVESWAP_EVENT, LIVESWAP_NAME, LIVESWAP_PID, "
+        "LIVESWAP_GENERATION and LIVESWAP_REASON in its environment.",
+        commands=("run",),
+    ),
+    Option(
+        "on_reload_done",
+        "",
+        "Shell command run when a reload ends (not awaited), with LIVESWAP_OUTCOME (ok, failed, stopping), "
+        "LIVESWAP_GENERATION, LIVESWAP_ERROR, LIVESWAP_DURATION_MS and LIVESWAP_REASON in its environment.",
+        commands=("run",),
+    ),
+    Option(
+        "on_stop",
+        "",
+        "Shell command run when a stop begins, while the workers drain; the supervisor waits up to 10 s for it "
+        "before it exits.",
+        commands=("run",),
+    ),
+    Option(
         "watch",
         [],
         "liveswap dev: also reload when a file matching this glob changes (templates/**/*.html, .env); "

@@ -55,6 +55,10 @@ class Settings:
     ready_after: float
     stop_signal: str
     takeover: bool
+    pid_file: str
+    on_reload_start: str
+    on_reload_done: str
+    on_stop: str
     # Command mode (`liveswap run -- COMMAND ...`): the command line; APP is then its display name.
     command: list[str] = field(default_factory=list)
 

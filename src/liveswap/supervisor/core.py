@@ -32,6 +32,7 @@ from .kinds import WorkerKind
 from .kinds.command import CommandWorkers
 from .kinds.python import PythonWorkers
 from .lifecycle import ACK_TIMEOUT, Lifecycle
+from .outside import Outside
 from .restarts import Restarts
 from .status import Status, status_of
 from .transaction import FailurePolicy, ReloadOutcome, Reloads, RollBack
@@ -107,6 +108,7 @@ class Supervisor:
                 dev_env=dev.worker_env() if dev is not None else None,
                 on_imported=dev.on_imported if dev is not None else None,
             )
+        self.outside = Outside(self)  # systemd's watchdog and fd store, the PID file, the hooks
         self.reloads = Reloads(self, _dev_policy() if dev is not None else RollBack())
         self.restarts = Restarts(self)
         self.workers = Lifecycle(self)
@@ -153,6 +155,7 @@ class Supervisor:
         dispatcher = self.spawn_task(self._dispatch())
         if self.settings.worker_timeout and self.kind.beats:
             self.spawn_task(self.restarts.watchdog())
+        self.spawn_task(self.outside.tick())
         started = time.monotonic()
         try:
             if self.debug is not None:  # --debug-bind
@@ -175,6 +178,7 @@ class Supervisor:
                 return EXIT_BOOT_ERROR
             if self.handover is not None:
                 await handover_complete(self, self.handover)
+            self.outside.started()  # the PID file, the fd store: before the world is told we serve
             log.info(
                 "serving %s on %s: %d worker(s), generation %d, ready in %.1f ms (control: liveswap reload --name %s)",
                 self.settings.app,
@@ -191,6 +195,7 @@ class Supervisor:
             # told "stopping" before the control socket closes.
             if self.reloads.task is not None:
                 await asyncio.wait([self.reloads.task], timeout=ACK_TIMEOUT)
+            await self.outside.hooks_done()
             dispatcher.cancel()
             for task in list(self._tasks):
                 task.cancel()
@@ -205,6 +210,7 @@ class Supervisor:
             loop.remove_reader(self.notify_rx.fileno())
             self.notify_rx.close()
             close_all(self.listeners)
+            self.outside.stopped()
 
     async def _dispatch(self) -> None:
         while True:
@@ -317,6 +323,7 @@ class Supervisor:
         after us (not so after a takeover), so workers first accept what waits in their queues."""
         self.stopping = True
         self.systemd.send(STOPPING=1)
+        self.outside.stop_started()
         self.kind.close()
         # Our copies of the listeners go first: the live workers are then their last holders, and
         # each accepts what is queued before it closes its own, so no queued connection is reset.

@@ -121,6 +121,7 @@ class Reloads:
         if old is not None:
             sup.systemd.reloading()
             log.info("reload: starting generation %d (%s)", gen.number, reason)
+            sup.outside.reload_started(gen.number, reason)
         boots = [sup.spawn_task(sup.workers.boot(gen, slot)) for slot in range(sup.settings.workers)]
         done, pending = await asyncio.wait(boots, return_when=asyncio.FIRST_EXCEPTION)
         failure = next((t.exception() for t in done if t.exception() is not None), None)
@@ -161,6 +162,8 @@ class Reloads:
                 self.ok += 1
             else:
                 self.failed += 1
+        if old is not None:
+            sup.outside.reload_done(outcome)
         if not outcome["ok"]:
             await self.policy.failed(sup, gen, old, outcome)
         elif old is not None:
