@@ -406,3 +406,140 @@ def test_close_drains_client_connections(procs: list[_Child]) -> None:
         assert stream.getheader("connection") is None
         closer.join(15)
     assert closing == [True]
+
+
+# -- the connection-level forwarder: HTTP/1.1 details -------------------------------------------
+
+
+def _raw(port: int) -> tuple[socket.socket, Any]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    return sock, sock.makefile("rb")
+
+
+def _read_response(f: Any) -> tuple[int, dict[str, str], bytes]:
+    """One response from a raw connection (Content-Length or chunked), leaving what follows unread."""
+    line = f.readline()
+    assert line.startswith(b"HTTP/1.1 "), line
+    status = int(line.split()[1])
+    headers: dict[str, str] = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        return status, headers, f.read(int(headers["content-length"]))
+    body = b""
+    if headers.get("transfer-encoding") == "chunked":
+        while (size := int(f.readline().strip(), 16)) > 0:
+            body += f.read(size)
+            f.readline()
+        f.readline()
+    return status, headers, body
+
+
+def test_http11_details_pass_through(procs: list[_Child]) -> None:
+    a = upstream(procs, "A")
+    px = proxy(procs)
+    px.call("add", upstream=a.spec)
+    sock, f = _raw(px.port)
+    with contextlib.closing(sock), contextlib.closing(f):
+        # Pipelined: both answered, in order, on the one connection.
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(f)[::2] == (200, b"hello from A\n")
+        assert _read_response(f)[::2] == (404, b"not found here\n")
+        # HEAD: a head without a body, and the connection goes on.
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        line = f.readline()
+        assert line.startswith(b"HTTP/1.1 200"), line
+        while f.readline() != b"\r\n":
+            pass
+        # A chunked request body, forwarded chunked.
+        body = os.urandom(70000)
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:1000], body[1000:])) + b"0\r\n\r\n"
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        expected = f"len={len(body)} sha256={hashlib.sha256(body).hexdigest()}\n".encode()
+        assert _read_response(f)[::2] == (200, expected)
+        # Expect: 100-continue passes through: the upstream's 100 comes before the body is sent.
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        assert f.readline() == b"HTTP/1.1 100 Continue\r\n"
+        while f.readline() != b"\r\n":
+            pass
+        sock.sendall(b"hello")
+        expected = f"len=5 sha256={hashlib.sha256(b'hello').hexdigest()}\n".encode()
+        assert _read_response(f)[::2] == (200, expected)
+        # HTTP/1.0 without keep-alive: answered, then closed.
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        status, headers, _ = _read_response(f)
+        assert status == 200 and headers.get("connection") == "close"
+        assert f.read() == b""
+
+
+def test_upstream_dying_mid_response_cuts_the_client_off(procs: list[_Child]) -> None:
+    a = upstream(procs, "A")
+    px = proxy(procs)
+    px.call("add", upstream=a.spec)
+    conn = http.client.HTTPConnection("127.0.0.1", px.port, timeout=20)
+    with contextlib.closing(conn):
+        conn.request("GET", "/gate?key=k")
+        resp = conn.getresponse()
+        assert resp.readline() == b"first k\n"
+        a.signal(signal.SIGKILL)
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()  # a short chunked body, never a complete-looking one
+    wait_until(lambda: px.call("in_flight", upstream=a.spec) == 0, 10, "the request to leave the count")
+
+
+def test_header_timeout_and_size_limit(procs: list[_Child]) -> None:
+    a = upstream(procs, "A")
+    px = proxy(procs, "--header-timeout", "0.5")
+    px.call("add", upstream=a.spec)
+    sock, f = _raw(px.port)
+    with contextlib.closing(sock), contextlib.closing(f):
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        status, headers, body = _read_response(f)
+        assert (status, headers["connection"]) == (408, "close")
+        assert f.read() == b""
+    sock, f = _raw(px.port)
+    with contextlib.closing(sock), contextlib.closing(f):
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"x" * 70000 + b"\r\n\r\n")
+        assert _read_response(f)[0] == 431
+    assert request(px.port, "GET", "/")[2] == b"hello from A\n"
+
+
+def test_close_answers_a_request_sent_on_an_idle_connection(procs: list[_Child]) -> None:
+    a = upstream(procs, "A")
+    px = proxy(procs, "--idle-grace", "10", "--hold-timeout", "20")
+    px.call("add", upstream=a.spec)
+    idle = http.client.HTTPConnection("127.0.0.1", px.port, timeout=20)
+    with contextlib.closing(idle):
+        idle.request("GET", "/")
+        first = idle.getresponse()
+        assert first.read() == b"hello from A\n" and first.getheader("connection") is None
+        closing: list[Any] = []
+        closer = threading.Thread(target=lambda: closing.append(px.call("close", timeout=15)), daemon=True)
+        closer.start()
+        wait_until(lambda: any("proxy: stopped accepting" in line for line in px.log), 10, "the proxy to drain")
+        # The client did not know yet: its next request on the kept-alive connection is answered,
+        # with Connection: close, rather than reset.
+        idle.request("GET", "/")
+        last = idle.getresponse()
+        assert (last.status, last.read(), last.getheader("connection")) == (200, b"hello from A\n", "close")
+        closer.join(20)
+    assert closing == [True]
+
+
+def test_close_sends_1012_to_websockets(procs: list[_Child]) -> None:
+    a = upstream(procs, "A")
+    px = proxy(procs)
+    px.call("add", upstream=a.spec)
+    with ws_connect(f"ws://127.0.0.1:{px.port}/ws", open_timeout=10) as ws:
+        ws.send("one")
+        assert ws.recv(10) == "A: one"
+        closing: list[Any] = []
+        closer = threading.Thread(target=lambda: closing.append(px.call("close", timeout=15)), daemon=True)
+        closer.start()
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    closer.join(20)
+    assert closing == [True]
+    assert a.get("/__lastclose") == "1012"  # the client's answer reached the upstream

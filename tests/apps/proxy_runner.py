@@ -1,8 +1,9 @@
 """The proxy in its own process, driven over stdin/stdout as the supervisor drives it in its loop.
 
-``python proxy_runner.py [--hold-timeout S]`` binds 127.0.0.1:0, serves a ProxyServer on it and
-prints ``{"event": "listening", "port": N}``. Then each stdin line is a JSON command, run in its own
-task (so a long ``drained`` does not block the others), answered by one stdout line with its id:
+``python proxy_runner.py [--hold-timeout S] [--idle-grace S] [--header-timeout S]`` binds 127.0.0.1:0,
+serves a ProxyServer on it and prints ``{"event": "listening", "port": N}``. Then each stdin line is a
+JSON command, run in its own task (so a long ``drained`` does not block the others), answered by one
+stdout line with its id:
 
     {"id": 1, "op": "add", "upstream": ["A", "127.0.0.1", 40123]}    -> {"id": 1, "result": null}
     {"id": 2, "op": "switch", "upstreams": [["B", "127.0.0.1", 40124]]}
@@ -59,13 +60,15 @@ def _say(message: dict[str, Any]) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hold-timeout", type=float, default=30.0)
+    parser.add_argument("--idle-grace", type=float, default=0.5)
+    parser.add_argument("--header-timeout", type=float, default=10.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     app = ProxyApp(hold_timeout=args.hold_timeout)
-    server = ProxyServer([sock], app, idle_grace=0.5)
+    server = ProxyServer([sock], app, idle_grace=args.idle_grace, header_timeout=args.header_timeout)
     await server.start()
     _say({"event": "listening", "port": sock.getsockname()[1]})
     loop = asyncio.get_running_loop()

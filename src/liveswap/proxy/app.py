@@ -1,4 +1,4 @@
-"""The proxy as an ASGI app: what the supervisor drives, and what the public server serves.
+"""The proxy's routing, as the supervisor drives it; ``ProxyServer`` serves clients through it.
 
 ::
 
@@ -15,43 +15,25 @@ at once (no ``await``), so the order of the supervisor's calls is the order of t
 
 from __future__ import annotations
 
-from typing import Any
-
-from .forward import forward_http
 from .upstreams import Routes, Upstream
-from .websocket import forward_websocket
 
 __all__ = ["ProxyApp"]
 
 
 class ProxyApp:
-    """An ASGI 3 app that forwards every request and WebSocket to one of a set of upstreams.
+    """Forwards every request and WebSocket to one of a set of upstreams (served by ProxyServer).
 
     ``hold_timeout``: while no upstream is routed (before the first one, or between a crash and its
     replacement), requests wait this long for one, then get 503. ``connect_timeout`` bounds a
     connection to an upstream (then 504); ``keepalive_expiry`` is how long an idle pooled connection
-    to an upstream is reused: keep it under the upstream's own keep-alive timeout.
+    to an upstream is reused: keep it well under the upstream's own keep-alive timeout (uvicorn's
+    is 5 s), so that no request is written to a connection the upstream is closing.
     """
 
     def __init__(self, hold_timeout: float = 30.0, *, connect_timeout: float = 5.0, keepalive_expiry: float = 1.0):
         self._routes = Routes(
             hold_timeout=hold_timeout, connect_timeout=connect_timeout, keepalive_expiry=keepalive_expiry
         )
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await forward_http(self._routes, scope, receive, send)
-        elif kind == "websocket":
-            await forward_websocket(self._routes, scope, receive, send)
-        elif kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
 
     def add(self, upstream: Upstream) -> None:
         """Route new requests to ``upstream`` too, along with the current ones (round-robin)."""
@@ -68,7 +50,7 @@ class ProxyApp:
 
     async def drained(self, upstream: Upstream, timeout: float) -> bool:
         """Wait until nothing is in flight to ``upstream`` (requests, streams, WebSockets): True, and
-        its connection pool is closed; or False after ``timeout`` (its pool is then closed when the last
+        its idle connections are closed; or False after ``timeout`` (its pool is then closed when the last
         one ends, or by :meth:`aclose`). Raises ValueError while it is still routed: remove() or switch()
         away from it first. True at once for an upstream never added or already drained."""
         return await self._routes.drained(upstream, timeout)
@@ -89,5 +71,5 @@ class ProxyApp:
         return self._routes.held
 
     async def aclose(self) -> None:
-        """Close every upstream's connection pool (the proxy is stopping)."""
+        """Close every upstream connection (the proxy is stopping)."""
         await self._routes.aclose()

@@ -7,27 +7,24 @@ upstream after a ``switch`` returned, and nothing routed before it escapes the c
 ``drained`` waits on. That is what lets the supervisor SIGTERM the old server the moment ``drained``
 says True: no request can reach it any more.
 
-Each upstream has its own ``httpx.AsyncClient``: its pool holds keep-alive connections to that
-server only, and closing it when the server has drained closes exactly those.
+Each upstream has its own pool of keep-alive connections (``Pool.spare``, newest last); closing the
+pool when the server has drained closes exactly those.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http.cookiejar
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    from .upstream_side import UpstreamConnection
 
 __all__ = ["NoUpstream", "Pool", "Routes", "Upstream"]
 
 log = logging.getLogger("liveswap.proxy")
-# httpx logs one INFO line per request: in the supervisor's log, that would bury everything else.
-if logging.getLogger("httpx").level == logging.NOTSET:
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -53,40 +50,49 @@ class NoUpstream(Exception):
     """No upstream was routed within the hold timeout."""
 
 
-class _NoCookies(http.cookiejar.CookieJar):
-    """httpx's client keeps the cookies of every response in a jar, as a browser would; a proxy must
-    not (one jar per upstream would collect every user's session cookies, and grow for ever)."""
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        return None
-
-
 class Pool:
-    """One upstream's connection pool and what is in flight to it."""
+    """One upstream's connections and what is in flight to it."""
 
-    def __init__(self, upstream: Upstream, *, connect_timeout: float, keepalive_expiry: float) -> None:
+    def __init__(self, upstream: Upstream, *, keepalive_expiry: float) -> None:
         self.upstream = upstream
         self.routed = True
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
         self.close_when_idle = False  # a drained() gave up waiting: close when the last lease ends
-        # No limit on connections (the client side is bounded by the public server's limits; a
-        # pool limit would queue requests behind a slow stream). The short keep-alive expiry keeps
-        # us off connections the upstream is about to close as idle (uvicorn: 5 s, gunicorn: 2 s),
-        # where a request could be lost in the race. No read timeout: a stream may be slow on
-        # purpose; the client's own patience bounds it.
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=keepalive_expiry),
-            timeout=httpx.Timeout(None, connect=connect_timeout),
-            cookies=_NoCookies(),
-            follow_redirects=False,
-            trust_env=False,  # loopback only: no HTTP(S)_PROXY, no .netrc credentials
-        )
-        self._closing: asyncio.Task[None] | None = None
+        # Idle keep-alive connections, the most recently used last. One is reused only within
+        # keepalive_expiry of its last response, well before the upstream's own keep-alive timeout
+        # closes it: so a request is never written to a connection the upstream is closing.
+        self.keepalive_expiry = keepalive_expiry
+        self.spare: list[UpstreamConnection] = []
+        self.conns: set[UpstreamConnection] = set()  # all of them, idle or busy
+        self.closed = False
+
+    def take(self, now: float) -> UpstreamConnection | None:
+        """The most recently used idle connection, if it is fresh enough."""
+        spare = self.spare
+        if spare:
+            conn = spare.pop()
+            if now - conn.idle_since < self.keepalive_expiry and not conn.closing:
+                return conn
+            conn.close()
+            for older in spare:  # older still: expired too
+                older.close()
+            spare.clear()
+        return None
+
+    def give_back(self, conn: UpstreamConnection, now: float) -> None:
+        if self.closed:
+            conn.close()
+        else:
+            conn.idle_since = now
+            self.spare.append(conn)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        self.closed = True
+        self.spare.clear()
+        for conn in list(self.conns):
+            conn.close()
 
 
 class Routes:
@@ -110,7 +116,7 @@ class Routes:
     def _pool(self, upstream: Upstream) -> Pool:
         pool = self.pools.get(upstream)
         if pool is None:
-            pool = Pool(upstream, connect_timeout=self.connect_timeout, keepalive_expiry=self.keepalive_expiry)
+            pool = Pool(upstream, keepalive_expiry=self.keepalive_expiry)
             self.pools[upstream] = pool
         pool.routed = True
         pool.close_when_idle = False
@@ -146,7 +152,8 @@ class Routes:
 
     # -- leases, from requests ----------------------------------------------------------------
 
-    def _pick(self) -> Pool | None:
+    def pick(self) -> Pool | None:
+        """A lease on the next upstream (round-robin), or None while none is routed."""
         live = self.live
         if not live:
             return None
@@ -160,7 +167,7 @@ class Routes:
     async def acquire(self) -> Pool:
         """A lease on the next upstream (round-robin); with none routed, wait for one up to the hold
         timeout, then raise NoUpstream. Release with :meth:`release`."""
-        pool = self._pick()
+        pool = self.pick()
         if pool is not None:
             return pool
         deadline = time.monotonic() + self.hold_timeout
@@ -174,7 +181,7 @@ class Routes:
                     await asyncio.wait_for(self._available.wait(), left)
                 except TimeoutError:
                     raise NoUpstream() from None
-                pool = self._pick()
+                pool = self.pick()
                 if pool is not None:
                     return pool
         finally:
