@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -165,16 +166,23 @@ class Instance:
         return self.proc.wait(timeout)
 
     def kill_group(self) -> None:
+        """End the instance: a graceful stop first (in command mode, liveswap ends each command's
+        process group; a SIGKILLed supervisor cannot, and a server's own workers that do not watch
+        their parent, such as granian's, would outlive it), SIGKILL if that takes too long."""
         if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
         if self.proc is not None:
             self.pump.join(10)
             assert self.proc.stdout is not None
-            self.proc.stdout.close()
+            if not self.pump.is_alive():  # (closing it under a blocked reader would hang)
+                self.proc.stdout.close()
         shutil.rmtree(self.runtime, ignore_errors=True)
 
     def stop(self, timeout: float = 30.0) -> int:

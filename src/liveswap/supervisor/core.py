@@ -97,7 +97,11 @@ class Supervisor:
         self.listening = [describe(x.sock) for x in listeners]  # the sockets are closed first at a stop
         self.dev = dev  # liveswap dev: file watching, the error page
         self.kind: WorkerKind
-        if settings.command:
+        if settings.command and settings.proxy:  # (the proxy, and what it imports, only when asked for)
+            from .kinds.proxied import ProxiedCommand
+
+            self.kind = ProxiedCommand(settings, listeners, self.notify_rx.name, self.spawn_task)
+        elif settings.command:
             self.kind = CommandWorkers(settings, listeners, self.notify_rx.name, self.spawn_task)
         else:
             self.kind = PythonWorkers(
@@ -205,6 +209,7 @@ class Supervisor:
             if self.debug is not None:  # --debug-bind
                 await self.debug.close()
             self.kind.close()
+            await self.kind.aclose()
             if self.dev is not None:
                 await self.dev.close()
             loop.remove_reader(self.notify_rx.fileno())

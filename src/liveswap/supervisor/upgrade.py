@@ -54,6 +54,11 @@ def _refusal(sup: Supervisor) -> dict[str, Any] | None:
         return no("liveswap dev does not upgrade in place", "stop it and start it again")
     if sup.stopping:
         return no("the instance is stopping", "start it again instead")
+    if sup.settings.proxy:
+        return no(
+            "--proxy instances do not upgrade in place: the proxy's client connections live in the supervisor",
+            "start a new instance with --takeover: it takes the sockets, and the old one finishes its requests",
+        )
     if sup.reloads.task is not None or sup.handing_over:
         return no("a reload or takeover is in progress", "try again once it has ended")
     live = sup.live

@@ -25,6 +25,9 @@ class WorkerKind(Protocol):
     def close(self) -> None:
         """Spawn no more; release what ``start`` made."""
 
+    async def aclose(self) -> None:
+        """After ``close``, at the very end: finish what ``close`` began (the proxy's clients)."""
+
     def owns(self, pid: int) -> bool:
         """True if ``pid`` is a helper process of this kind (not a worker) that has just exited."""
 

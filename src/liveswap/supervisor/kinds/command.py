@@ -99,6 +99,9 @@ class CommandWorkers:
     def close(self) -> None:
         pass
 
+    async def aclose(self) -> None:
+        pass
+
     def owns(self, pid: int) -> bool:
         return False
 

@@ -71,6 +71,9 @@ class PythonWorkers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    async def aclose(self) -> None:
+        pass
+
     def owns(self, pid: int) -> bool:
         return self.spawner.exited(pid)
 
