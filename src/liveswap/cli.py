@@ -89,16 +89,18 @@ def run(app: str, **options: Any) -> None:
     _supervise(app, options, dev=False, command=_command_line())
 
 
-@cli.command()
+@cli.command(cls=_WithCommand)
 @click.argument("app", required=False, default="")
 @_add_options("dev")
 def dev(app: str, **options: Any) -> None:
     """Develop APP (module:attribute): reload on every save of a file it imported, an error page
     while the code is broken, open pages that follow.
 
-    One worker; `liveswap reload`, `status` and `stop` work as with `run`.
+    One worker; `liveswap reload`, `status` and `stop` work as with `run`. Any other server: give its
+    command after `--` (`liveswap dev --build 'go build -o bin/server .' -- bin/server`): it runs on a
+    private $PORT behind liveswap's proxy and restarts on every save in the project.
     """
-    _supervise(app, options, dev=True)
+    _supervise(app, options, dev=True, command=_command_line())
 
 
 def _check_command(command: list[str], settings: Any) -> None:
@@ -108,7 +110,7 @@ def _check_command(command: list[str], settings: Any) -> None:
     from .supervisor.kinds.execute import placeholders
 
     program = command[0]
-    if shutil.which(program) is None:
+    if shutil.which(program) is None and not settings.build:  # (a --build may make it)
         where = "is not executable" if os.path.exists(program) else "was not found"
         raise ConfigError(
             f"the command {program!r} {where}",
@@ -140,6 +142,12 @@ def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] 
         # Before any socket is bound: a typo in APP is a usage error, not a boot failure. The
         # supervisor never imports the app; this only looks for its top-level module.
         if settings.command:
+            if dev:
+                settings.proxy = True  # lrt's way: the command on a private $PORT, behind the proxy
+            if settings.build and not settings.proxy:
+                raise ConfigError(
+                    "--build needs --proxy", hint="liveswap run --proxy --build '...' -- CMD (liveswap dev: always)"
+                )
             _check_command(settings.command, settings)
         else:
             check_app(settings.app, settings.app_dir)
@@ -174,7 +182,11 @@ def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] 
             from .dev.session import DevSession
 
             session = DevSession(
-                Path(settings.app_dir), settings.watch, settings.ignore, not settings.no_browser_reload
+                Path(settings.app_dir),
+                settings.watch,
+                settings.ignore,
+                not settings.no_browser_reload,
+                settings.command or None,
             )
         supervisor = Supervisor(settings, listeners, session, handover, upgraded)
         code = asyncio.run(supervisor.run())

@@ -206,7 +206,14 @@ OPTIONS: tuple[Option, ...] = (
         "that cannot take a socket).",
         boolean,
         flag_is_switch=True,
-        commands=("run",),
+        commands=("run", "dev"),
+    ),
+    Option(
+        "build",
+        "",
+        "Command mode with --proxy (always so under liveswap dev): a shell command run once before each generation "
+        "starts (go build -o bin/server .); if it fails, so does the generation, with its output.",
+        commands=("run", "dev"),
     ),
     Option(
         "ready_after",
@@ -214,14 +221,14 @@ OPTIONS: tuple[Option, ...] = (
         "Command mode: take the command as ready this long after it starts, when it neither sends READY=1 nor "
         "can be health-checked (0: wait for those; 1 s when the command takes its socket by {fd} alone).",
         duration(),
-        commands=("run",),
+        commands=("run", "dev"),
     ),
     Option(
         "stop_signal",
         "SIGTERM",
         "Command mode: the signal that makes the command drain and exit (SIGKILL follows at --drain-timeout).",
         stop_signal,
-        commands=("run",),
+        commands=("run", "dev"),
     ),
     Option(
         "takeover",

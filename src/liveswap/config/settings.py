@@ -52,6 +52,7 @@ class Settings:
     ignore: list[str]
     no_browser_reload: bool
     proxy: bool
+    build: str
     ready_after: float
     stop_signal: str
     takeover: bool
@@ -168,8 +169,11 @@ def load_settings(
             )
         _check_command(values)
         return Settings(app=shlex.join(command), command=list(command), **values)
-    if values["proxy"]:
-        raise ConfigError("--proxy is for command mode", hint="run a server command: liveswap run --proxy -- CMD ...")
+    for flag in ("proxy", "build"):
+        if values[flag]:
+            raise ConfigError(
+                f"--{flag} is for command mode", hint="run a server command: liveswap run --proxy -- CMD ..."
+            )
     if not app:
         app = str(project.get("app", ""))
     if not app:

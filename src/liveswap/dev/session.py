@@ -34,11 +34,27 @@ __all__ = ["DevSession", "ShowError"]
 log = logging.getLogger("liveswap.dev")
 
 
+# liveswap dev -- COMMAND: what a server's project holds that is not its source (its build output
+# is ignored too: see DevSession).
+COMMAND_IGNORE = ("*.swp", "*~", ".#*", "*.pyc", "*.log", "target/", "dist/", "build/", "bin/", "tmp/")
+
+
 class DevSession:
-    def __init__(self, root: Path, watch: list[str], ignore: list[str], browser_reload: bool) -> None:
+    def __init__(
+        self, root: Path, watch: list[str], ignore: list[str], browser_reload: bool, command: list[str] | None = None
+    ) -> None:
         self.root = root
         self.globs = list(watch)
         self.ignore = list(ignore)
+        if command:
+            # A server command says nothing of what it was built from: its whole project is watched,
+            # less what is not source, and less the command's own executable (a --build writing it
+            # must not start another reload).
+            self.globs = self.globs or ["**"]
+            self.ignore += COMMAND_IGNORE
+            program = (root / command[0]).resolve()
+            if "/" in command[0] and program.is_relative_to(root.resolve()):
+                self.ignore.append("/" + program.relative_to(root.resolve()).as_posix())
         self.browser_reload = browser_reload
         self.watcher = Watcher(root)
         self.files: set[Path] = set()
@@ -93,8 +109,10 @@ def _failure(gen: Generation, outcome: ReloadOutcome) -> Failure:
                 return Failure.from_json(w.failure_page)
     error = outcome.get("error", "the new code failed")
     stage: Stage = "health" if "health check" in error or "ready and healthy" in error else "import"
-    if error.startswith("lifespan startup failed"):
+    if error.startswith("lifespan startup failed") or "exited before it was ready" in error:
         stage = "startup"
+    elif error.startswith("--build "):
+        stage = "build"
     return Failure(stage, error, traceback=outcome.get("detail", ""))
 
 

@@ -98,9 +98,12 @@ class Supervisor:
         self.dev = dev  # liveswap dev: file watching, the error page
         self.kind: WorkerKind
         if settings.command and settings.proxy:  # (the proxy, and what it imports, only when asked for)
+            from .kinds.build import Builds
             from .kinds.proxied import ProxiedCommand
 
-            self.kind = ProxiedCommand(settings, listeners, self.notify_rx.name, self.spawn_task)
+            self.kind = proxied = ProxiedCommand(settings, listeners, self.notify_rx.name, self.spawn_task)
+            if settings.build:
+                proxied.builds = Builds(settings.build, self.expect_exit, settings.boot_timeout)
         elif settings.command:
             self.kind = CommandWorkers(settings, listeners, self.notify_rx.name, self.spawn_task)
         else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from ...config import Settings
 from ...proxy import ProxyApp, ProxyServer, Upstream
 from ...sockets import Listener
 from ..generation import Worker
+from .build import Builds
 from .command import Child, CommandWorkers
 from .execute import expand, free_port
 
@@ -56,6 +58,7 @@ class ProxiedCommand(CommandWorkers):
         self.serving = False
         self.upstreams: dict[Worker, Upstream] = {}
         self.closing: asyncio.Task[bool] | None = None  # the proxy's own close, at a stop
+        self.builds: Builds | None = None  # --build: set by the supervisor, which reaps the build
 
     def start(self) -> None:
         pass
@@ -71,9 +74,15 @@ class ProxiedCommand(CommandWorkers):
             self.serving = True
             await self.server.start()
         port = free_port()
-        argv = expand(self.settings.command, {}, port)
         env = self.environment(worker)
         env["PORT"] = str(port)
+        if worker.generation.error_page:  # liveswap dev: the failure is shown until the next save
+            argv = [sys.executable, "-m", "liveswap.dev.errorserver"]
+            env["LIVESWAP_ERROR_PAGE"] = worker.generation.error_page
+        else:
+            if self.builds is not None:
+                await self.builds.ready(worker.generation.number)
+            argv = expand(self.settings.command, {}, port)
         child = Child(argv, port)
         worker.pid = self.fork_exec(argv, env, [], child)
         self.upstreams[worker] = Upstream(worker.describe(), "127.0.0.1", port)
