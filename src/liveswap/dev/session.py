@@ -36,7 +36,7 @@ log = logging.getLogger("liveswap.dev")
 
 # liveswap dev -- COMMAND: what a server's project holds that is not its source (its build output
 # is ignored too: see DevSession).
-COMMAND_IGNORE = ("*.swp", "*~", ".#*", "*.pyc", "*.log", "target/", "dist/", "build/", "bin/", "tmp/")
+COMMAND_IGNORE = ("*.swp", "*~", ".#*", "*.tmp", "*.pyc", "*.log", "target/", "dist/", "build/", "bin/", "tmp/")
 
 
 class DevSession:

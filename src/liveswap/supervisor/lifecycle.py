@@ -30,6 +30,8 @@ class Lifecycle:
     async def boot(self, gen: Generation, slot: int, restarts: int = 0) -> Worker:
         """Spawn a worker and wait until it is ready and healthy (not yet accepting), all within one
         --boot-timeout; raises BootFailed."""
+        if self.sup.stopping:  # (a reload coalesced with a failed start: the sockets are closed)
+            raise BootFailed("the instance is stopping")
         loop = asyncio.get_running_loop()
         worker = Worker(gen, slot, restarts=restarts)
         gen.workers.append(worker)

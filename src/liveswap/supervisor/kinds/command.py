@@ -19,12 +19,9 @@ import os
 import shlex
 import signal
 import socket
-import struct
 import sys
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..._os import exit_text
@@ -32,6 +29,7 @@ from ...config import Settings
 from ...sockets import Listener
 from ..generation import BootFailed, Worker
 from ..health import probe
+from . import procfs
 from .execute import FIRST_FD, HEALTH_NAME, exec_child, expand, fd_keys, fd_name, health_listener, placeholders
 
 __all__ = ["CommandWorkers", "DEFAULT_READY_AFTER"]
@@ -41,7 +39,7 @@ log = logging.getLogger("liveswap.supervisor")
 DEFAULT_READY_AFTER = 1.0  # when nothing else can tell that the command is ready
 TAIL_LINES = 20  # of its stderr, kept for the message when it fails to start
 DRAIN_POLL = 0.02  # how often /proc is read to see whether the old command closed its sockets
-HEALTH_GRACE = 0.5  # after READY=1: how long the health check's connection may wait to be accepted
+HEALTH_POLL = 0.05  # while waiting for the health answer: how often /proc is read
 _CLEARED = ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "EINHORN_FD_COUNT")
 
 
@@ -54,7 +52,6 @@ class Child:
     health_sock: socket.socket | None = None  # our end of the private health listener
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     probe: asyncio.Task[int] | None = None
-    probe_connected: bool = False  # the health check's connection is made (it waits to be accepted)
     relay: asyncio.Task[None] | None = None
     relay_fd: int = -1  # the read end of its stderr pipe
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -192,9 +189,11 @@ class CommandWorkers:
         return await asyncio.open_connection("127.0.0.1", child.port)
 
     async def _probe(self, child: Child) -> int:
-        reader, writer = await self.connect(child)
-        child.probe_connected = True
-        return await probe(reader, writer, self.settings.health_path, self._health_host())
+        try:
+            reader, writer = await self.connect(child)
+            return await probe(reader, writer, self.settings.health_path, self._health_host())
+        except OSError as exc:  # (reset: it died while answering; a boot failure, not ours)
+            raise BootFailed(f"health check GET {self.settings.health_path} failed: {exc}") from None
 
     def _health_host(self) -> str:
         from ..health import health_host
@@ -229,39 +228,45 @@ class CommandWorkers:
                 self._said_unchecked = True
                 log.warning("%s went through no health check: nothing proves it answers", worker.describe())
             return 0
-        if not await self._health_accepted(child, child.probe):
-            # Fix: READY=1 (or --ready-after) came, but the command never accepted our connection on
-            # the health socket: it serves only its public socket (a Go program that takes fd 3 of
-            # LISTEN_FDS, node's listen({fd: 3})). Waiting for an answer that cannot come ended in a
-            # boot timeout although the command said it was ready.
-            if self._said_no_health:
-                return 0
-            self._said_no_health = True
-            log.warning(
-                "%s said it is ready but does not serve the health socket (%s, fd %d, the last of LISTEN_FDS): "
-                "it and later ones go live with no health check; serve that socket too (docs/command-mode.md)",
-                worker.describe(),
-                HEALTH_NAME,
-                FIRST_FD + len(self.listeners),
-            )
+        served = await self._health_served(worker, child, child.probe)
+        if not served:
+            # READY=1 came, and the command waits with epoll on its public socket but not on the
+            # health socket (a Go program that takes fd 3 of LISTEN_FDS, node's listen({fd: 3})):
+            # no answer can come. (A server that select()s, like gunicorn's sync workers, shows
+            # nothing in /proc: its answer is waited for until --boot-timeout, so a broken build
+            # whose workers never start is caught.)
+            if not self._said_no_health:
+                self._said_no_health = True
+                log.warning(
+                    "%s said it is ready but does not serve the health socket (%s, fd %d, the last of "
+                    "LISTEN_FDS): it and later ones go live with no health check; serve that socket too "
+                    "(docs/command-mode.md)",
+                    worker.describe(),
+                    HEALTH_NAME,
+                    FIRST_FD + len(self.listeners),
+                )
             return 0
         try:
-            return await child.probe
+            return child.probe.result()
         except OSError as exc:
             raise BootFailed(f"health check of {worker.describe()} failed: {exc}") from None
 
-    async def _health_accepted(self, child: Child, answer: asyncio.Task[int]) -> bool:
-        """Once the command said it is ready: has it accepted (or answered) the health check's
-        connection, within HEALTH_GRACE? Our copy of the health listener tells how many connections
-        wait in its queue. True when that cannot be known (no health listener of ours)."""
-        deadline = time.monotonic() + HEALTH_GRACE
-        while not answer.done():
-            if child.health_sock is None or (child.probe_connected and _queued(child.health_sock) == 0):
+    async def _health_served(self, worker: Worker, child: Child, answer: asyncio.Task[int]) -> bool:
+        """Wait for the health answer (the boot deadline bounds it); False as soon as /proc shows
+        the command polling a public socket and not the health socket. Raises BootFailed if the
+        command exits first."""
+        health = os.fstat(child.health_sock.fileno()).st_ino if child.health_sock is not None else 0
+        while True:
+            done, _ = await asyncio.wait([answer, worker.exited], timeout=HEALTH_POLL, return_when="FIRST_COMPLETED")
+            if answer in done and not answer.cancelled():
                 return True
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
+            if worker.exited.done() or answer.cancelled():
+                await self.last_words(worker)
+                raise BootFailed(*(worker.boot_error or (f"{worker.describe()} exited during its health check", "")))
+            if health and worker.ready.done():
+                polled = procfs.polls(worker.pid)
+                if polled & self.inodes and health not in polled:
+                    return False
 
     def timeout_hint(self, worker: Worker) -> str:
         """Why a command may not have become ready and healthy in time."""
@@ -269,16 +274,11 @@ class CommandWorkers:
         cmd = shlex.join(child.argv) if child is not None else " ".join(self.settings.command)
         fd = FIRST_FD + len(self.listeners)
         if child is not None and child.probe is not None and not worker.ready.done():
-            if child.probe_connected and child.health_sock is not None and _queued(child.health_sock):
-                return (
-                    "hint: it sent no READY=1 to $NOTIFY_SOCKET and never accepted on the health socket "
-                    f"({HEALTH_NAME}, fd {fd}, the last of LISTEN_FDS): does it take its sockets from LISTEN_FDS or "
-                    "{fd}? A server that serves only its first socket must send READY=1, or be given --ready-after "
-                    f"SECONDS (docs/command-mode.md); it is run as: {cmd}"
-                )
             return (
-                f"hint: it accepted the health check's connection but did not answer GET {self.settings.health_path} "
-                f"in time; check its output above; it is run as: {cmd}"
+                "hint: it sent no READY=1 to $NOTIFY_SOCKET and never answered on the health socket "
+                f"({HEALTH_NAME}, fd {fd}, the last of LISTEN_FDS): does it take its sockets from LISTEN_FDS or "
+                "{fd}? A server that serves only its first socket must send READY=1, or be given --ready-after "
+                f"SECONDS (docs/command-mode.md); it is run as: {cmd}"
             )
         if child is not None and child.probe is not None and not child.probe.done():
             return (
@@ -320,7 +320,7 @@ class CommandWorkers:
 
     async def _released(self, worker: Worker) -> None:
         """``worker.draining`` once no process of its group holds a public listening socket."""
-        while not worker.exited.done() and _holds(worker.pid, self.inodes):
+        while not worker.exited.done() and procfs.holds(worker.pid, self.inodes):
             await asyncio.sleep(DRAIN_POLL)
         if not worker.draining.done():
             worker.draining.set_result(None)
@@ -339,35 +339,6 @@ class CommandWorkers:
         for task in [*child.tasks, *([child.probe] if child.probe else [])]:
             task.cancel()
         # Its stderr is read to EOF by the relay (its last lines explain an exit during the boot).
-
-
-def _queued(listener: socket.socket) -> int:
-    """How many connections wait in ``listener``'s accept queue (Linux: TCP_INFO's tcpi_unacked
-    is the queue length for a listening socket); 0 once it is closed."""
-    try:
-        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-    except OSError:
-        return 0
-    count: int = struct.unpack_from("=I", info, 24)[0]
-    return count
-
-
-def _holds(pgid: int, inodes: set[int]) -> bool:
-    """Does any process of group ``pgid`` hold one of the sockets ``inodes``?"""
-    wanted = {f"socket:[{i}]" for i in inodes}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            if int(stat[stat.rindex(")") + 2 :].split()[2]) != pgid:
-                continue
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in wanted:
-                    return True
-        except (OSError, ValueError, IndexError):
-            continue
-    return False
 
 
 def _hint_for_exec(program: str, reason: str) -> str:
