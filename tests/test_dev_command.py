@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -112,3 +113,35 @@ def test_build_output_and_executable_are_not_watched(liveswap_dev: MakeDevInstan
     # Exactly one reload: the build's own output (build/served.txt) started none.
     wait_until(lambda: _text(inst) == "version=2\n", 10, "the new version")
     assert len([x for x in inst.output_since(mark).splitlines() if "reload requested" in x]) == 1, inst.output()
+
+
+def test_a_server_on_a_fixed_port_with_upstream(liveswap_dev: MakeDevInstance, project: Path) -> None:
+    """A server that ignores $PORT and listens on a fixed one (--upstream): on each save the old copy
+    finishes and exits before the new one starts on that port; requests wait meanwhile, none fails."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        fixed = probe.getsockname()[1]
+    server = f"PORT={fixed} exec {sys.executable} {APPS / 'dev_port_server.py'} {project / 'version.txt'}"
+    args = ["--bind", "127.0.0.1:0", "--upstream", f"127.0.0.1:{fixed}", "--", "/bin/sh", "-c", server]
+    inst = liveswap_dev(project, app="", args=args)
+    assert _text(inst) == "version=1\n"
+    load = LoadClient(inst.host, inst.port, mode="keepalive", concurrency=2)
+    load.start()
+    try:
+        for i in (2, 3):
+            _save(project / "version.txt", f"{i}\n")
+            wait_until(functools.partial(_serves, inst, f"version={i}\n"), 30, f"version {i} to serve")
+        result = load.stop()
+    finally:
+        load.stop()
+    assert result.failed == 0, result.summary()
+
+
+def test_a_server_that_ignores_port_gets_lrts_hint(liveswap_dev: MakeDevInstance, project: Path) -> None:
+    ignores = "import time; print('listening on 127.0.0.1:9', flush=True); time.sleep(60)"
+    args = ["--bind", "127.0.0.1:0", "--boot-timeout", "1s", "--", sys.executable, "-c", ignores]
+    inst = liveswap_dev(project, app="", args=args)
+    inst.wait_for("serves the error page until the next save", timeout=30)
+    page = _text(inst)
+    assert "was not ready and healthy within 1 s" in page, page
+    assert "ensure it listens on $PORT" in page, page

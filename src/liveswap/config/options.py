@@ -23,6 +23,7 @@ from ._parse import (
     directory,
     duration,
     host_header,
+    host_port,
     instance_name,
     integer,
     module_name,
@@ -207,6 +208,15 @@ OPTIONS: tuple[Option, ...] = (
         boolean,
         flag_is_switch=True,
         commands=("run", "dev"),
+    ),
+    Option(
+        "upstream",
+        "",
+        "liveswap dev -- COMMAND: the HOST:PORT where a command that ignores $PORT listens. Two copies cannot "
+        "share it, so on each save the old copy finishes its requests and exits (new requests wait) before the "
+        "new one starts.",
+        host_port,
+        commands=("dev",),
     ),
     Option(
         "build",

@@ -53,6 +53,7 @@ class Settings:
     no_browser_reload: bool
     proxy: bool
     build: str
+    upstream: str
     ready_after: float
     stop_signal: str
     takeover: bool
@@ -169,7 +170,7 @@ def load_settings(
             )
         _check_command(values)
         return Settings(app=shlex.join(command), command=list(command), **values)
-    for flag in ("proxy", "build"):
+    for flag in ("proxy", "build", "upstream"):
         if values[flag]:
             raise ConfigError(
                 f"--{flag} is for command mode", hint="run a server command: liveswap run --proxy -- CMD ..."

@@ -21,7 +21,7 @@ from typing import Any
 from ...config import Settings
 from ...proxy import ProxyApp, ProxyServer, Upstream
 from ...sockets import Listener
-from ..generation import Worker
+from ..generation import Worker, WorkerState
 from .build import Builds
 from .command import Child, CommandWorkers
 from .execute import expand, free_port
@@ -59,6 +59,9 @@ class ProxiedCommand(CommandWorkers):
         self.upstreams: dict[Worker, Upstream] = {}
         self.closing: asyncio.Task[bool] | None = None  # the proxy's own close, at a stop
         self.builds: Builds | None = None  # --build: set by the supervisor, which reaps the build
+        self.hosts: dict[Child, str] = {}  # where each copy listens (--upstream's host, or loopback)
+        host, _, port = settings.upstream.rpartition(":")
+        self.fixed = (host.strip("[]"), int(port)) if settings.upstream else None  # --upstream HOST:PORT
 
     def start(self) -> None:
         pass
@@ -73,26 +76,48 @@ class ProxiedCommand(CommandWorkers):
         if not self.serving:  # requests that arrive before the first generation is live are held
             self.serving = True
             await self.server.start()
-        port = free_port()
+        host, port = "127.0.0.1", free_port()
         env = self.environment(worker)
-        env["PORT"] = str(port)
         if worker.generation.error_page:  # liveswap dev: the failure is shown until the next save
             argv = [sys.executable, "-m", "liveswap.dev.errorserver"]
             env["LIVESWAP_ERROR_PAGE"] = worker.generation.error_page
         else:
             if self.builds is not None:
                 await self.builds.ready(worker.generation.number)
+            if self.fixed is not None:  # --upstream: one port for every copy, so the old one goes first
+                await self._stop_older(worker.generation.number)
+                host, port = self.fixed
             argv = expand(self.settings.command, {}, port)
+        env["PORT"] = str(port)
         child = Child(argv, port)
         worker.pid = self.fork_exec(argv, env, [], child)
-        self.upstreams[worker] = Upstream(worker.describe(), "127.0.0.1", port)
+        self.hosts[child] = host
+        self.upstreams[worker] = Upstream(worker.describe(), host, port)
         self.begin(worker, child)
+
+    async def _stop_older(self, generation: int) -> None:
+        """--upstream: the copies of older generations leave the routing (new requests are held),
+        finish what they were sent, and exit before the new copy starts on their port."""
+        timeout = self.settings.drain_timeout
+        for old in [w for w in self.children if w.generation.number < generation and not w.generation.error_page]:
+            if old.exited.done():
+                continue
+            upstream = self.upstreams.get(old)
+            if upstream is not None:
+                self._unroute(upstream)
+                await self.app.drained(upstream, timeout)
+            old.expected_exit = True
+            old.state = WorkerState.DRAINING
+            self.signal(old, self.stop_signal)
+            if not (await asyncio.wait([old.exited], timeout=timeout))[0]:
+                self.kill(old)
+                await asyncio.wait([old.exited], timeout=5.0)
 
     async def connect(self, child: Child) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Its port, once it listens (the boot deadline bounds the wait)."""
         while True:
             try:
-                return await asyncio.open_connection("127.0.0.1", child.port)
+                return await asyncio.open_connection(self.hosts.get(child, "127.0.0.1"), child.port)
             except ConnectionRefusedError:
                 await asyncio.sleep(CONNECT_POLL)
 
@@ -131,6 +156,11 @@ class ProxiedCommand(CommandWorkers):
         """lrt's hint: a server that never answers on its port mostly listens elsewhere."""
         child = self.children.get(worker)
         port = child.port if child is not None else "$PORT"
+        if self.fixed is not None:
+            return (
+                f"hint: it never answered GET {self.settings.health_path} on {self.settings.upstream} (--upstream): "
+                "check that it listens there; also check the output above for errors it logged"
+            )
         return (
             f"hint: it never answered GET {self.settings.health_path} on 127.0.0.1:{port}: ensure it listens on "
             '$PORT (or put {port} in its command line), e.g. http.ListenAndServe("127.0.0.1:" + os.Getenv("PORT"), '
@@ -145,6 +175,9 @@ class ProxiedCommand(CommandWorkers):
         raise NotImplementedError("--proxy instances do not upgrade in place")
 
     def worker_exited(self, worker: Worker) -> None:
+        child = self.children.get(worker)
+        if child is not None:
+            self.hosts.pop(child, None)
         upstream = self.upstreams.pop(worker, None)
         if upstream is not None:
             self._unroute(upstream)  # a crash: new requests are held for its replacement
