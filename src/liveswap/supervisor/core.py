@@ -114,6 +114,7 @@ class Supervisor:
                 self.spawn_task,
                 dev_env=dev.worker_env() if dev is not None else None,
                 on_imported=dev.on_imported if dev is not None else None,
+                after_switch=lambda work: self.reloads.after_switch(work),
             )
         self.outside = Outside(self)  # systemd's watchdog and fd store, the PID file, the hooks
         self.reloads = Reloads(self, _dev_policy() if dev is not None else RollBack())

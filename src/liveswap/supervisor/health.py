@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from ..sockets import Listener
 from .generation import BootFailed
 
-__all__ = ["health_host", "probe", "warning_for"]
+__all__ = ["health_host", "probe", "request", "warning_for"]
 
 _HINT_4XX = (
     "point --health-path at a route that answers 200; Django answers 400 to a Host that is not in ALLOWED_HOSTS: "
@@ -32,13 +32,19 @@ def health_host(listeners: Sequence[Listener]) -> str:
     return "localhost"
 
 
-async def probe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, host: str) -> int:
-    """Send ``GET path`` on a fresh connection; the status code of the answer. Raises BootFailed when
-    the answer is not HTTP."""
+def request(path: str, host: str) -> bytes:
+    """The health check's request."""
+    return f"GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: liveswap-health\r\nconnection: close\r\n\r\n".encode()
+
+
+async def probe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, host: str, sent: bool = False
+) -> int:
+    """Send ``GET path`` on a fresh connection (unless it was ``sent`` already); the status code of
+    the answer. Raises BootFailed when the answer is not HTTP."""
     try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: liveswap-health\r\nconnection: close\r\n\r\n".encode()
-        )
+        if not sent:
+            writer.write(request(path, host))
         line = await reader.readline()
     finally:
         writer.close()

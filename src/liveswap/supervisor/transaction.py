@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from . import health
@@ -79,6 +80,25 @@ class Reloads:
         self.last: ReloadOutcome | None = None
         self.ok = 0
         self.failed = 0
+        self._deferred: list[Callable[[], None]] = []
+
+    def after_switch(self, work: Callable[[], None]) -> None:
+        """Run ``work`` now, or, while a reload is in flight, once its new generation serves and the
+        old one has stopped accepting: bookkeeping (a worker's list of imports: file hashes, the
+        learner) must not hold up the switch on a machine with few cores."""
+        if self.task is None:
+            work()
+        else:
+            self._deferred.append(work)
+
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            works, self._deferred = self._deferred, []
+            for work in works:
+                try:
+                    work()
+                except Exception:  # bookkeeping must never break a reload's outcome
+                    log.exception("after the switch")
 
     def request(self, reason: str) -> asyncio.Future[ReloadOutcome]:
         """Ask for a reload; the future gets its outcome. Requests during a reload are coalesced."""
@@ -107,6 +127,7 @@ class Reloads:
                         fut.set_result(outcome)
         finally:
             self.task = None
+            self._run_deferred()
             for fut, _ in self.waiting:
                 if not fut.done():
                     fut.set_result(_stopping())
@@ -156,6 +177,7 @@ class Reloads:
                 outcome["warning"], outcome["warning_hint"] = warning, hint
                 log.warning("%s; hint: %s", warning, hint)
         outcome["duration_ms"] = round((time.monotonic() - t0) * 1000, 1)
+        self._run_deferred()
         if old is not None or not outcome["ok"]:
             self.last = outcome
             if outcome["ok"]:

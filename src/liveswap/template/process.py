@@ -7,7 +7,10 @@ supervisor (a child subreaper): the supervisor reaps it and sees its exit status
 the template takes no worker with it.
 
 If a file of anything it preloaded has changed since (a deploy upgraded a library), it answers
-``stale`` and exits; the supervisor starts a fresh template. New code always runs.
+``stale`` and exits; the supervisor starts a fresh template. New code always runs. A spare is handed
+its request first and checked for meanwhile (the stat of every file takes a few ms): its worker
+imports the app, then waits for the verdict before it runs anything else or writes to any channel,
+and a stale template's worker exits unseen.
 
 Protocol on the SOCK_SEQPACKET pair (one JSON object per message):
   template -> supervisor  {"op": "ready", "import_ms": ...}
@@ -23,6 +26,7 @@ so when the service stops, the workers are the last holders and answer what is q
 from __future__ import annotations
 
 import array
+import contextlib
 import gc
 import importlib
 import json
@@ -181,7 +185,7 @@ def _spare_main(sock: socket.socket, supervisor: int) -> None:
             request, fds = _recv(sock)
         except (EOFError, ConnectionError):
             os._exit(0)  # the template closed: not needed any more
-        sock.close()
+        os.environ["LIVESWAP_VERDICT_FD"] = str(sock.detach())  # fresh or stale: see _verdict
         _become_worker(None, supervisor, request, fds)
     except BaseException:  # noqa: BLE001 - never return into the template's code
         code = 1
@@ -190,10 +194,21 @@ def _spare_main(sock: socket.socket, supervisor: int) -> None:
 
 def _dispatch(spare: _Spare, request: dict[str, Any], fds: list[int]) -> None:
     payload = json.dumps(request).encode()
-    spare.sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
+    try:
+        spare.sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
+    except OSError:
+        spare.sock.close()
+        raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _verdict(spare: _Spare, stale: bool) -> None:
+    """Tell a dispatched spare's worker whether it may go on (``worker.main`` waits for this)."""
+    with contextlib.suppress(OSError):
+        spare.sock.send(b"stale" if stale else b"fresh")
     spare.sock.close()
-    for fd in fds:
-        os.close(fd)
 
 
 def _pending(chan: socket.socket, wait: float) -> bool:
@@ -253,19 +268,26 @@ def main() -> None:
         rid = request.get("id")
         # One check per generation: the other workers' requests arrive within milliseconds.
         now = time.monotonic()
-        if now - checked > 0.05 and _stale(files):
-            for fd in fds:
-                os.close(fd)
-            chan.send(json.dumps({"op": "stale", "id": rid}).encode())
-            return
-        checked = now
+        check, stale = now - checked > 0.05, False
+        if check:
+            checked = now
         try:
             if spares:
                 spare = spares.pop(0)
-                _dispatch(spare, request, fds)
-                chan.send(json.dumps({"op": "spawned", "id": rid, "pid": spare.pid}).encode())
+                _dispatch(spare, request, fds)  # the worker starts on the app while we check
+                stale = check and _stale(files)
+                _verdict(spare, stale)
+                if not stale:
+                    chan.send(json.dumps({"op": "spawned", "id": rid, "pid": spare.pid}).encode())
+            elif check and _stale(files):
+                stale = True
+                for fd in fds:
+                    os.close(fd)
             else:
                 _spawn(chan, supervisor, request, fds, spares)
+            if stale:
+                chan.send(json.dumps({"op": "stale", "id": rid}).encode())
+                return
         except OSError as exc:
             chan.send(json.dumps({"op": "error", "id": rid, "error": str(exc)}).encode())
         _reap()

@@ -16,6 +16,7 @@ either, nothing is accepted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -54,6 +55,8 @@ def _dirty(threads: set[threading.Thread], sockets: int) -> str:
 
 
 def main(argv: list[str]) -> int:
+    with contextlib.suppress(OSError):  # in the background: a worker booting new code comes first
+        os.nice(10)
     verify = argv[:1] == ["--verify"]
     names = argv[1:] if verify else argv
     threads, sockets = set(threading.enumerate()), _sockets()

@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .. import notify
@@ -50,6 +50,7 @@ def _send(control: socket.socket, message: channel.Event) -> None:
 def main() -> int:
     """Entry point in a freshly forked worker; the environment says everything."""
     t0 = time.perf_counter()
+    forked_with = frozenset(sys.modules)  # the template's modules: the supervisor knows them already
     env = os.environ
     settings = Settings(**json.loads(env["LIVESWAP_SETTINGS"]))
     generation = env.get("LIVESWAP_GENERATION", "?")
@@ -66,6 +67,8 @@ def main() -> int:
     )
     dev = _dev_worker(env, generation)
     error_page = env.pop("LIVESWAP_ERROR_PAGE", "")
+    app: Any = None
+    kind, failed = "", None
     try:
         if dev is not None and error_page:
             app, kind = dev.error_app(error_page), "error page"
@@ -73,16 +76,20 @@ def main() -> int:
             app, kind = load_app(
                 settings.app, factory=settings.factory, interface=settings.interface, app_dir=settings.app_dir
             )
-    except AppLoadError as exc:
-        log.error("cannot load %s: %s", settings.app, exc)
-        if exc.hint:
-            log.error("hint: %s", exc.hint)
-        _boot_failed(control, dev, exc, channel.BootError(str(exc), exc.hint or ""))
-        return EXIT_BOOT_ERROR
     except BaseException as exc:  # noqa: BLE001 - anything the app's import raises is a boot error
-        detail = app_traceback(exc)
+        failed = exc
+    if not _template_fresh(env):
+        return EXIT_OK  # unseen: the supervisor never had our pid, and asks a fresh template
+    if isinstance(failed, AppLoadError):
+        log.error("cannot load %s: %s", settings.app, failed)
+        if failed.hint:
+            log.error("hint: %s", failed.hint)
+        _boot_failed(control, dev, failed, channel.BootError(str(failed), failed.hint or ""))
+        return EXIT_BOOT_ERROR
+    if failed is not None:
+        detail = app_traceback(failed)
         log.error("cannot load %s:\n%s", settings.app, detail)
-        _boot_failed(control, dev, exc, channel.BootError(f"{type(exc).__name__}: {exc}", detail))
+        _boot_failed(control, dev, failed, channel.BootError(f"{type(failed).__name__}: {failed}", detail))
         return EXIT_BOOT_ERROR
     if dev is not None:
         app = dev.wrap(app)
@@ -94,13 +101,30 @@ def main() -> int:
         app, debug = _start_debug(app, settings, generation, loop)
     try:
         return loop.run_until_complete(
-            _serve(app, kind, settings, control, health, [lst.sock for lst in listeners], (t0, import_ms), dev)
+            _serve(
+                app, kind, settings, control, health, [lst.sock for lst in listeners], (t0, import_ms), dev, forked_with
+            )
         )
     finally:
         if debug is not None:
             debug.stop()
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _template_fresh(env: MutableMapping[str, str]) -> bool:
+    """A worker handed to a spare imports the app while the template checks that nothing it preloaded
+    changed on disk; it hears the verdict here, before it writes to any channel or runs lifespan."""
+    fd = env.pop("LIVESWAP_VERDICT_FD", "")
+    if not fd:
+        return True  # forked after the check
+    try:
+        verdict = os.read(int(fd), 16)
+    except OSError:
+        verdict = b""
+    finally:
+        os.close(int(fd))
+    return verdict == b"fresh"
 
 
 def _dev_worker(env: Mapping[str, str], generation: str) -> DevWorker | None:
@@ -157,6 +181,7 @@ async def _serve(
     sockets: list[socket.socket],
     timing: tuple[float, float],
     dev: DevWorker | None,
+    forked_with: frozenset[str] = frozenset(),
 ) -> int:
     loop = asyncio.get_running_loop()
     server = WorkerServer(
@@ -182,7 +207,6 @@ async def _serve(
         else:
             _send(control, channel.BootError(str(exc), exc.detail))
         return EXIT_BOOT_ERROR
-    await server.serve_connection(health)
     # A fatal signal (SIGABRT from the supervisor when this worker hangs, or a crash) writes every
     # thread's stack to the control channel: the supervisor logs them as where it was stuck.
     faulthandler.enable(file=control.fileno(), all_threads=True)
@@ -203,10 +227,15 @@ async def _serve(
     notify.notify(READY=1, STATUS=f"{kind} app {settings.app} started")
     t0, import_ms = timing
     log.info("ready in %.1f ms (%s app imported in %.1f ms)", (time.perf_counter() - t0) * 1000, kind, import_ms)
+    # The health request is already waiting (the supervisor sent it with the spawn): READY goes out
+    # first, so the supervisor's wake-up overlaps the app's answer.
+    await server.serve_connection(health)
     orphaned = False
 
+    live = False  # imports are reported from "go" on: never during the health check
+
     async def commands() -> None:
-        nonlocal orphaned
+        nonlocal orphaned, live
         while True:
             line = await reader.readline()
             if not line:
@@ -216,8 +245,10 @@ async def _serve(
             command = channel.decode_command(line)
             if isinstance(command, channel.Go):
                 await server.go()
-                writer.write(channel.encode(channel.Live()))
+                live = True
+                # Before "live": the supervisor has the list (the files to watch) when the reload ends.
                 report_imports()
+                writer.write(channel.encode(channel.Live()))
                 await writer.drain()
             elif isinstance(command, channel.Drain):
                 # Acknowledge only once our listeners are closed: the supervisor reports a reload
@@ -236,7 +267,8 @@ async def _serve(
         beat = channel.encode(channel.Beat())
         while True:
             writer.write(beat)
-            report_imports()  # dev: a module imported by a request is watched from then on
+            if live:
+                report_imports()  # dev: a module imported by a request is watched from then on
             await asyncio.sleep(interval)
 
     reported = 0  # len(sys.modules) when the imports were last reported
@@ -249,7 +281,8 @@ async def _serve(
             return
         reported = len(sys.modules)
         paths = dev.paths() if dev is not None else []
-        writer.write(channel.encode(channel.Imported(paths, channel.outside_modules(settings.app_dir))))
+        modules = channel.outside_modules(settings.app_dir, known=forked_with)
+        writer.write(channel.encode(channel.Imported(paths, modules)))
 
     reading = loop.create_task(commands())
     beating = (

@@ -24,7 +24,7 @@ from ...template.learn import Learner
 from ...template.spawner import Spawner, TemplateGone
 from ...worker import channel
 from ..generation import BootFailed, Worker
-from ..health import probe
+from ..health import health_host, probe, request
 
 __all__ = ["PythonWorkers"]
 
@@ -46,10 +46,12 @@ class PythonWorkers:
         spawn_task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
         dev_env: Mapping[str, str] | None = None,
         on_imported: Callable[[Worker], None] | None = None,
+        after_switch: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.dev_env = dict(dev_env or {})  # liveswap dev: LIVESWAP_DEV=1 and its settings
         self.on_imported = on_imported
+        self.after_switch = after_switch or (lambda work: work())
         self.listeners = list(listeners)
         self.notify_socket = notify_socket
         self.spawn_task = spawn_task
@@ -107,6 +109,9 @@ class PythonWorkers:
             control.close()
             health.close()
             raise BootFailed(f"could not fork a worker: {exc or type(exc).__name__}") from None
+        # The health request waits in the worker's socket from the start: it is answered as soon as
+        # the app has started, without a round trip after READY (the answer is read only after it).
+        health.sendall(request(self.settings.health_path, self.settings.health_host or health_host(self.listeners)))
         worker.health = health
         control.setblocking(False)
         reader, worker.writer = await asyncio.open_connection(sock=control)
@@ -122,7 +127,7 @@ class PythonWorkers:
             raise BootFailed(f"{worker.describe()} has no health connection")
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock)
-        return await probe(reader, writer, path, host)
+        return await probe(reader, writer, path, host, sent=True)
 
     def timeout_hint(self, worker: Worker) -> str:
         return ""
@@ -161,6 +166,13 @@ class PythonWorkers:
             worker.health.close()
             worker.health = None
 
+    def _imported(self, worker: Worker, event: channel.Imported) -> None:
+        worker.imported = event.paths
+        if event.modules and worker.boot_error is None and not worker.generation.error_page:
+            self.learner.offer(event.modules)
+        if self.on_imported is not None:
+            self.on_imported(worker)
+
     def _send(self, worker: Worker, message: channel.Command) -> None:
         if worker.writer is not None and not worker.writer.is_closing():
             worker.writer.write(channel.encode(message))
@@ -186,11 +198,7 @@ class PythonWorkers:
             worker.boot_error = (event.error, event.detail)
             worker.failure_page = event.failure
         elif isinstance(event, channel.Imported):
-            worker.imported = event.paths
-            if event.modules and worker.boot_error is None and not worker.generation.error_page:
-                self.learner.offer(event.modules)
-            if self.on_imported is not None:
-                self.on_imported(worker)
+            self.after_switch(lambda: self._imported(worker, event))
         elif isinstance(event, channel.Live):
             if not worker.live.done():
                 worker.live.set_result(None)
