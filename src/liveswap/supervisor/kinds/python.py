@@ -111,7 +111,10 @@ class PythonWorkers:
             raise BootFailed(f"could not fork a worker: {exc or type(exc).__name__}") from None
         # The health request waits in the worker's socket from the start: it is answered as soon as
         # the app has started, without a round trip after READY (the answer is read only after it).
-        health.sendall(request(self.settings.health_path, self.settings.health_host or health_host(self.listeners)))
+        # A worker that already exited (its import failed) has closed its end: its exit and its own
+        # boot error tell the boot what happened, not this broken pipe.
+        with contextlib.suppress(OSError):
+            health.sendall(request(self.settings.health_path, self.settings.health_host or health_host(self.listeners)))
         worker.health = health
         control.setblocking(False)
         reader, worker.writer = await asyncio.open_connection(sock=control)
