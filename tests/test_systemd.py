@@ -145,10 +145,12 @@ def test_watchdog_pings_while_healthy(liveswap: MakeInstance, systemd: FakeSyste
 def test_watchdog_of_another_pid_is_ignored(liveswap: MakeInstance, systemd: FakeSystemd) -> None:
     inst = liveswap(env={"NOTIFY_SOCKET": systemd.name, "WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
     ready = systemd.wait_for("READY", "1")
-    inst.write_state("2")
-    assert inst.reload().returncode == 0  # time passes: more than 2 watchdog periods
-    assert inst.reload().returncode == 0
-    systemd.wait_for("READY", "1", start=ready + 2)
+    # Reloads (each one READY=1 more) until more than 3 watchdog periods have passed: a ping would be due.
+    until, reloads = time.monotonic() + 0.7, 0
+    while time.monotonic() < until:
+        assert inst.reload().returncode == 0
+        reloads += 1
+    systemd.wait_for("READY", "1", start=ready + reloads)
     assert not any("WATCHDOG" in m for m in systemd.messages)
 
 

@@ -77,7 +77,7 @@ def test_takeover_under_load_keeps_every_request(liveswap: MakeInstance, mode: s
         result = load.stop()
         assert result.failed == 0, result.summary()
         assert result.ok > 50, result.summary()
-        assert new.status()["pid"] == new.proc.pid if new.proc else False
+        assert new.proc is not None and new.status()["pid"] == new.proc.pid
         assert new.reload().returncode == 0
     finally:
         load.stop()

@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from ._os import EXIT_ERROR, EXIT_USAGE, wait_exit
-from .config import OPTIONS, Option, load_settings, option, parse_duration
+from .config import OPTIONS, Option, Settings, load_settings, option, parse_duration
 from .errors import AppLoadError, ConfigError, LiveswapError
 
 
@@ -103,7 +103,7 @@ def dev(app: str, **options: Any) -> None:
     _supervise(app, options, dev=True, command=_command_line())
 
 
-def _check_command(command: list[str], settings: Any) -> None:
+def _check_command(command: list[str], settings: Settings) -> None:
     """Before anything is bound: the program exists and the placeholders make sense."""
     import shutil
 

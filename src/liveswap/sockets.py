@@ -8,15 +8,18 @@ and never call shutdown() on a shared socket (it would shut it for every holder)
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import BindError
 
 __all__ = [
+    "accept_queued",
     "BIND",
     "SD_LISTEN_FDS_START",
     "BindSpec",
@@ -275,3 +278,22 @@ def close_all(listeners: Sequence[Listener]) -> None:
                 os.unlink(lst.unlink_path)
             except FileNotFoundError:
                 pass
+
+
+def accept_queued(
+    sockets: Sequence[socket.socket], protocol: Callable[[], asyncio.Protocol], tasks: set[asyncio.Task[Any]]
+) -> None:
+    """At a final stop, nobody else will accept from these listeners: take every connection waiting
+    in their queues (non-blocking listeners) and serve it with ``protocol``; the tasks that attach
+    them are kept in ``tasks`` until done, so the caller can wait for them."""
+    loop = asyncio.get_running_loop()
+    for sock in sockets:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:  # BlockingIOError: the queue is empty
+                break
+            conn.setblocking(False)
+            task = loop.create_task(loop.connect_accepted_socket(protocol, conn))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)

@@ -81,6 +81,11 @@ class Settings:
         source = Path(self.command[0]).name if self.command else self.app
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", source).strip("-.")[:MAX_NAME].rstrip("-.") or "app"
 
+    def connection_limits(self) -> dict[str, Any]:
+        """What guards each client connection, as WorkerServer and ProxyServer take it."""
+        names = ("keepalive_timeout", "header_timeout", "max_header_bytes", "idle_grace", "max_connections")
+        return {**{name: getattr(self, name) for name in names}, "access_log": self.access_log}
+
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 

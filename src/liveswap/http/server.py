@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
+from ..sockets import accept_queued
 from .lifespan import Lifespan, StartupFailed
 from .protocol import Limits, protocol_class
 
@@ -140,26 +141,13 @@ class WorkerServer:
         self.limits.draining = True
         self.limits.final = final
         if final:
-            self._accept_queued()
+            accept_queued(self.sockets, self._protocol, self._adopting)
         # close() closes only this process's copy of each listening socket: the supervisor and the
         # other generation still hold theirs, so queued connections are not lost.
         for server in self.servers:
             server.close()
         for conn in list(self.state.connections):
             conn.shutdown()  # ours drain gently; uvicorn's WebSocket protocols close with 1012
-
-    def _accept_queued(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in self.sockets:
-            while True:
-                try:
-                    conn, _ = sock.accept()
-                except OSError:  # BlockingIOError: the queue is empty
-                    break
-                conn.setblocking(False)
-                task = loop.create_task(loop.connect_accepted_socket(self._protocol, conn))
-                self._adopting.add(task)
-                task.add_done_callback(self._adopting.discard)
 
     async def drain(self, timeout: float) -> bool:
         """Stop accepting, let in-flight requests finish; True if everything finished within ``timeout``."""

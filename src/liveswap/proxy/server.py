@@ -16,6 +16,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+from ..sockets import accept_queued
 from .app import ProxyApp
 from .client_side import ClientConnection, ClientSide
 
@@ -109,7 +110,7 @@ class ProxyServer:
                 return True
             self.side.draining = True
             if final:
-                self._accept_queued()
+                accept_queued(self.sockets, self._protocol, self._adopting)
             # close() closes only this process's copy of each listening socket: the supervisor and
             # the other generation still hold theirs, so queued connections are not lost.
             for server in self.servers:
@@ -140,16 +141,3 @@ class ProxyServer:
             for sock in self.sockets:
                 sock.close()
             await self.app.aclose()
-
-    def _accept_queued(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in self.sockets:
-            while True:
-                try:
-                    conn, _ = sock.accept()
-                except OSError:  # BlockingIOError: the queue is empty
-                    break
-                conn.setblocking(False)
-                task = loop.create_task(loop.connect_accepted_socket(self._protocol, conn))
-                self._adopting.add(task)
-                task.add_done_callback(self._adopting.discard)

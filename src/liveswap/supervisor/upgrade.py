@@ -19,6 +19,8 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import socket
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -94,7 +96,7 @@ async def _dry_run(sup: Supervisor) -> tuple[int, str]:
         output = await asyncio.wait_for(reader.read(), DRY_RUN_TIMEOUT)
         code = await asyncio.wait_for(exited, DRY_RUN_TIMEOUT)
     except TimeoutError:
-        os.kill(pid, 9)
+        os.kill(pid, signal.SIGKILL)
         return -1, f"the dry run did not finish within {DRY_RUN_TIMEOUT:g} s"
     finally:
         transport.close()
@@ -179,8 +181,6 @@ def _execute(sup: Supervisor, state: dict[str, Any]) -> None:
 
 def listeners_from(state: dict[str, Any]) -> list[Listener]:
     """The new image's sockets: the ones the old image had."""
-    import socket
-
     out = []
     for x in state["listeners"]:
         os.set_inheritable(x["fd"], False)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 log = logging.getLogger("liveswap.worker")
+VERDICT_TIMEOUT = 10.0  # for the template's fresh-or-stale answer
 
 
 def _send(control: socket.socket, message: channel.Event) -> None:
@@ -118,12 +119,12 @@ def _template_fresh(env: MutableMapping[str, str]) -> bool:
     fd = env.pop("LIVESWAP_VERDICT_FD", "")
     if not fd:
         return True  # forked after the check
-    try:
-        verdict = os.read(int(fd), 16)
-    except OSError:
-        verdict = b""
-    finally:
-        os.close(int(fd))
+    with socket.socket(fileno=int(fd)) as sock:
+        sock.settimeout(VERDICT_TIMEOUT)  # a template that hangs instead of answering: we are not wanted
+        try:
+            verdict = sock.recv(16)
+        except OSError:  # (TimeoutError too)
+            verdict = b""
     return verdict == b"fresh"
 
 
@@ -187,12 +188,7 @@ async def _serve(
     server = WorkerServer(
         app,
         sockets,
-        keepalive_timeout=settings.keepalive_timeout,
-        header_timeout=settings.header_timeout,
-        max_header_bytes=settings.max_header_bytes,
-        idle_grace=settings.idle_grace,
-        max_connections=settings.max_connections,
-        access_log=settings.access_log,
+        **settings.connection_limits(),
         redirect_while_draining=dev is not None,  # dev: what arrives during a reload goes to the new code
     )
     try:

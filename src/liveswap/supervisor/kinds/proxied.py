@@ -45,16 +45,7 @@ class ProxiedCommand(CommandWorkers):
         self.health_usable = True  # its own port answers the health check
         self.ready_after = settings.ready_after
         self.app = ProxyApp(hold_timeout=settings.boot_timeout)
-        self.server = ProxyServer(
-            [x.sock for x in self.listeners],
-            self.app,
-            keepalive_timeout=settings.keepalive_timeout,
-            header_timeout=settings.header_timeout,
-            max_header_bytes=settings.max_header_bytes,
-            idle_grace=settings.idle_grace,
-            max_connections=settings.max_connections,
-            access_log=settings.access_log,
-        )
+        self.server = ProxyServer([x.sock for x in self.listeners], self.app, **settings.connection_limits())
         self.serving = False
         self.upstreams: dict[Worker, Upstream] = {}
         self.closing: asyncio.Task[bool] | None = None  # the proxy's own close, at a stop
