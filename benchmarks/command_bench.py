@@ -315,16 +315,8 @@ class Server(GroupServer):
                 continue
             next_at = start + a.interval
             p = probe_once(self.port, a.probe_timeout)
-            sample.probes += 1
-            if p.outcome != "ok":
-                sample.failed[p.outcome] = sample.failed.get(p.outcome, 0) + 1
-                if len(sample.failed_at_ms) < 50:
-                    sample.failed_at_ms.append((round((start - t0) * 1000, 2), p.outcome))
-            elif p.version == new:
-                sample.latency_ms = (p.at - t0) * 1000
+            if sample.record(p, new, t0, start):
                 break
-            else:
-                sample.old_answers += 1
         self.settle(sample, old)
         fails = self.load.failures[i0:]
         self.attributed += len(fails)

@@ -278,6 +278,20 @@ class Sample:
     settle_timeout: bool = False
     supervisor_ms: float | None = None  # liveswap: what the supervisor said this reload took
 
+    def record(self, p: Probe, new: str, t0: float, start: float) -> bool:
+        """Count one probe started at ``start`` (t0: the save or signal); True once it carries ``new``."""
+        self.probes += 1
+        if p.outcome != "ok":
+            self.failed[p.outcome] = self.failed.get(p.outcome, 0) + 1
+            if len(self.failed_at_ms) < 50:
+                self.failed_at_ms.append((round((start - t0) * 1000, 2), p.outcome))
+        elif p.version == new:
+            self.latency_ms = (p.at - t0) * 1000
+            return True
+        else:
+            self.old_answers += 1
+        return False
+
 
 @dataclass
 class Save(Sample):
@@ -288,6 +302,15 @@ class Save(Sample):
     # worker): not one of the issue's failures, not the new code either; counted apart.
     redirects: int = 0
     redirect_at_ms: list[float] = field(default_factory=list)
+
+    def record(self, p: Probe, new: str, t0: float, start: float) -> bool:
+        if p.outcome.startswith("redirect"):
+            self.probes += 1
+            self.redirects += 1
+            self.redirect_at_ms.append(round((start - t0) * 1000, 2))
+            return False
+        return super().record(p, new, t0, start)
+
     tree_after: int = 0
     reloads: int | None = None  # uvicorn: how many restarts it logged
     reloads_failed: int | None = None
@@ -541,19 +564,8 @@ class DevServer(GroupServer):
                 break
             next_at = start + args.interval
             p = probe_once(self.port, args.probe_timeout)
-            sample.probes += 1
-            if p.outcome.startswith("redirect"):
-                sample.redirects += 1
-                sample.redirect_at_ms.append(round((start - t0) * 1000, 2))
-            elif p.outcome != "ok":
-                sample.failed[p.outcome] = sample.failed.get(p.outcome, 0) + 1
-                if len(sample.failed_at_ms) < 50:
-                    sample.failed_at_ms.append((round((start - t0) * 1000, 2), p.outcome))
-            elif p.version == new:
-                sample.latency_ms = (p.at - t0) * 1000
+            if sample.record(p, new, t0, start):
                 break
-            else:
-                sample.old_answers += 1
         self.version = new
         self._settle(sample, log_before)
         self.saves.append(sample)

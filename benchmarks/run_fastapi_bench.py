@@ -166,16 +166,8 @@ class RunServer(GroupServer):
                 break
             next_at = start + args.interval
             p = probe_once(self.port, args.probe_timeout)
-            sample.probes += 1
-            if p.outcome != "ok":
-                sample.failed[p.outcome] = sample.failed.get(p.outcome, 0) + 1
-                if len(sample.failed_at_ms) < 50:
-                    sample.failed_at_ms.append((round((start - t0) * 1000, 2), p.outcome))
-            elif p.version == new:
-                sample.latency_ms = (p.at - t0) * 1000
+            if sample.record(p, new, t0, start):
                 break
-            else:
-                sample.old_answers += 1
         self.version = new
         self._settle(sample, old_workers)
         self.reloads.append(sample)
