@@ -33,8 +33,7 @@ class ProxyServer:
     closed after it), ``header_timeout`` (a request head must arrive within it: else 408),
     ``max_header_bytes`` (else 431), ``idle_grace`` (how long an idle connection stays open when
     the proxy drains), ``max_connections`` (0: no limit; beyond it, 503), ``access_log`` (one INFO
-    line per answer). ``http`` is accepted for symmetry with the workers' options: the proxy always
-    parses with httptools.
+    line per answer).
     """
 
     def __init__(
@@ -48,10 +47,7 @@ class ProxyServer:
         idle_grace: float = 1.0,
         max_connections: int = 0,
         access_log: bool = False,
-        http: str = "auto",
     ) -> None:
-        if http not in ("auto", "httptools", "h11"):
-            raise ValueError(f"http must be 'auto', 'httptools' or 'h11', got {http!r}")
         self.app = app
         self.side = ClientSide(
             app._routes,
