@@ -106,7 +106,7 @@ def test_a_failed_dry_run_leaves_the_old_supervisor_untouched(
         inst.kill_group()
 
 
-def test_upgrade_refused_in_dev_mode_and_with_nothing_running(tmp_path: Path) -> None:
+def test_upgrade_with_nothing_running_is_a_clear_error(tmp_path: Path) -> None:
     runtime = tmp_path / "rt"
     runtime.mkdir(mode=0o700)
     out = subprocess.run(
