@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import APPS, Instance, MakeInstance
+from conftest import APPS, Instance, MakeDevInstance, MakeInstance
 from loadclient import Connection, LoadClient
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
@@ -134,3 +134,20 @@ def test_command_mode_workers_are_adopted_with_their_output(liveswap: MakeInstan
     inst.write_state("2")
     assert inst.reload().returncode == 0
     assert _get(inst) == "version=2"
+
+
+def test_upgrade_is_refused_in_dev_mode(liveswap_dev: MakeDevInstance, tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "main.py").write_text(
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+    )
+    inst = liveswap_dev(project)
+    out = inst.cli("upgrade", "--name", inst.name, timeout=60)
+    assert out.returncode == 1, out
+    assert "liveswap dev does not upgrade in place" in out.stderr and "hint: stop it and start it again" in out.stderr
+    assert inst.proc is not None and inst.status()["pid"] == inst.proc.pid
