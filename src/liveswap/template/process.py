@@ -276,9 +276,9 @@ def main() -> None:
                 spare = spares.pop(0)
                 _dispatch(spare, request, fds)  # the worker starts on the app while we check
                 stale = check and _stale(files)
-                _verdict(spare, stale)
-                if not stale:
+                if not stale:  # first: a worker told "fresh" is one the supervisor knows of
                     chan.send(json.dumps({"op": "spawned", "id": rid, "pid": spare.pid}).encode())
+                _verdict(spare, stale)
             elif check and _stale(files):
                 stale = True
                 for fd in fds:

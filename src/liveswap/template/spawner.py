@@ -40,13 +40,18 @@ class Spawner:
         self.started_at = 0.0
         self.info: dict[str, Any] = {}
         self.modules: set[str] = set()  # the top-level modules the template has imported
+        self.deferred = False  # a refresh waits for the spawns in flight (see refresh)
 
     def refresh(self, preload: Sequence[str]) -> None:
         """Replace the template by one that preloads ``preload``, started now, in the background:
         the next spawn waits for it to be ready (the old one and its spares exit as its channel
         closes)."""
         self.preload = list(preload)
-        if self.chan is not None:
+        if self.pending:
+            # Not while a spawn is in flight: the old template may have forked its worker already,
+            # and asking the new one again would start a second worker on the same channel.
+            self.deferred = True
+        elif self.chan is not None:
             self._gone("replaced by a template with a new preload list")
             self.start()
 
@@ -132,6 +137,13 @@ class Spawner:
         if pid != self.pid:
             return False
         self.pid = 0
+        # What it sent before it died ("spawned") is still in the channel: read it first, or the
+        # spawn would be asked of another template while its worker runs.
+        while self.chan is not None and self.pending:
+            before = len(self.pending)
+            self._readable()
+            if len(self.pending) == before:
+                break
         self._gone("the template process exited")
         return True
 
@@ -166,6 +178,9 @@ class Spawner:
                 why = str(exc) or type(exc).__name__
             finally:
                 self.pending.pop(rid, None)
+                if self.deferred and not self.pending:
+                    self.deferred = False
+                    self.refresh(self.preload)
         raise TemplateGone(why)
 
     def close(self) -> None:
