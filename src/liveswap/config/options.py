@@ -88,6 +88,22 @@ OPTIONS: tuple[Option, ...] = (
         flag_is_switch=True,
     ),
     Option("interface", "auto", "Application interface: auto (detect), asgi or wsgi.", choice("auto", "asgi", "wsgi")),
+    Option(
+        "threads",
+        1,
+        "WSGI apps: threads per worker. 1 (the default): one request at a time per worker, called in the "
+        "event loop's thread like gunicorn's sync worker, while the loop still handles keep-alive and slow "
+        "clients. N: a pool of N threads per worker for apps that wait on I/O, like gunicorn's gthread "
+        "(1 to 256; ASGI apps ignore it).",
+        integer(1, 256, why="threads wait on I/O for the app; more than a few hundred per worker only adds memory"),
+    ),
+    Option(
+        "wsgi_adapter",
+        "native",
+        "How WSGI apps are served: native (liveswap's WSGI path: parsed and buffered by the event loop, the app "
+        "called once per request) or a2wsgi (the a2wsgi ASGI adapter, kept until the native path has proven itself).",
+        choice("native", "a2wsgi"),
+    ),
     Option("app_dir", ".", "Directory put first on sys.path when importing APP (must exist).", directory),
     Option(
         "name",

@@ -30,6 +30,8 @@ class Settings:
     workers: int
     factory: bool
     interface: str
+    threads: int
+    wsgi_adapter: str
     app_dir: str
     name: str
     health_path: str
