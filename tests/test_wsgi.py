@@ -514,9 +514,12 @@ def test_slow_head_gets_408(pep: Instance) -> None:
 
 def test_max_connections_answers_503_beyond_the_limit(instances: Instances) -> None:
     inst = instances["maxconn"]  # --max-connections 4
-    conns = [conn(inst) for _ in range(6)]
+    conns: list[Connection] = []
+    statuses = []
     try:
-        statuses = [c.get("/hello").status for c in conns]
+        for _ in range(6):  # one at a time: connect, ask, keep the connection open
+            conns.append(conn(inst))
+            statuses.append(conns[-1].get("/hello").status)
     finally:
         for c in conns:
             c.close()
