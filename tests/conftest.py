@@ -23,7 +23,7 @@ HERE = Path(__file__).parent
 APPS = HERE / "apps"
 sys.path.insert(0, str(HERE))
 
-_LISTENING = re.compile(r"serving .+? on .*?http://(\[[^\]]+\]|[^:/\s]+):(\d+)")
+_LISTENING = re.compile(r"serving .+? on .*?https?://(\[[^\]]+\]|[^:/\s]+):(\d+)")
 
 
 class Instance:

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import traceback
@@ -347,6 +348,7 @@ class LoadClient:
         pause: float = 0.0,
         start_timeout: float | None = None,
         pipeline: int = 1,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -361,6 +363,8 @@ class LoadClient:
         if pipeline < 1 or (pipeline > 1 and mode == "close"):
             raise ValueError(f"pipeline must be >= 1 (and 1 in close mode), got {pipeline} in {mode} mode")
         self.pipeline = pipeline
+        self.ssl_context = ssl_context  # HTTPS: every connection is wrapped (handshake part of "connect")
+        self._server_hostname = None if unix_path is not None else host
         self.mode, self.concurrency, self.timeout, self.path = mode, concurrency, timeout, path
         self.max_requests, self.unix_path, self.post_size, self.pause = max_requests, unix_path, post_size, pause
         self.start_timeout = start_timeout if start_timeout is not None else timeout + 5.0
@@ -515,7 +519,7 @@ class LoadClient:
             st.nreq += 1
             phase = "send"
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(wire, _SEND_FLAGS)
+            _sendall(sock, wire)
             sent, phase = True, "response"
             reader = _Reader(sock, deadline)
             resp = reader.response("POST" if self.mode == "post" else "GET")
@@ -571,7 +575,7 @@ class LoadClient:
             st.nreq += n
             phase = "send"
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(b"".join(wire for wire, _ in requests), _SEND_FLAGS)
+            _sendall(sock, b"".join(wire for wire, _ in requests))
             sent, phase = True, "response"
             reader = _Reader(sock, deadline)
             for j, (_, body) in enumerate(requests):
@@ -619,7 +623,7 @@ class LoadClient:
         kind, message = None, ""
         try:
             st.sock.settimeout(0.0)  # with a timeout set, Python would first wait for readability
-            data = st.sock.recv(256, socket.MSG_PEEK)
+            data = _tls_pending(st.sock) if isinstance(st.sock, ssl.SSLSocket) else st.sock.recv(256, socket.MSG_PEEK)
         except BlockingIOError:
             return True  # nothing pending: the connection is still open as far as we can know
         except OSError as e:
@@ -644,6 +648,8 @@ class LoadClient:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.connect(sockaddr)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=self._server_hostname)
         except BaseException:
             sock.close()
             raise
@@ -667,6 +673,23 @@ class LoadClient:
             if checked:
                 self._stats.bump("verified")
         return None, ""
+
+
+def _sendall(sock: socket.socket, data: bytes) -> None:
+    if isinstance(sock, ssl.SSLSocket):  # it takes no flags (and Python ignores SIGPIPE anyway)
+        sock.sendall(data)
+    else:
+        sock.sendall(data, _SEND_FLAGS)
+
+
+def _tls_pending(sock: ssl.SSLSocket) -> bytes:
+    """What MSG_PEEK tells on a plain socket, for TLS (which cannot peek): b"" if the server closed,
+    data if it sent some (consumed: the connection is given up then), BlockingIOError if nothing came.
+    TLS records without data (a TLS 1.3 session ticket) are read and count as nothing."""
+    try:
+        return sock.recv(256)
+    except ssl.SSLWantReadError:
+        raise BlockingIOError from None
 
 
 class _Slot:

@@ -135,6 +135,7 @@ def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] 
     from .http.app import check_app
     from .sockets import bind_all, inherit_listen_fds
     from .supervisor import Supervisor
+    from .supervisor.certs import check_startup as check_tls
 
     try:
         settings = load_settings(app, options, command=command or ())
@@ -151,6 +152,7 @@ def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] 
             _check_command(settings.command, settings)
         else:
             check_app(settings.app, settings.app_dir)
+        check_tls(settings, dev)  # --certfile: a pair that cannot serve is a usage error, before any bind
     except (ConfigError, AppLoadError) as exc:
         _fail(exc, EXIT_USAGE)
     upgraded = _upgrade_state()

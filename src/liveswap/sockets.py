@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -259,15 +260,15 @@ def adopt_fds(fds: Sequence[int], names: Sequence[str]) -> list[Listener]:
     return listeners
 
 
-def describe(sock: socket.socket) -> str:
+def describe(sock: socket.socket, scheme: str = "http") -> str:
     """A URL-ish description of where a socket listens, for logs."""
     if sock.family == socket.AF_UNIX:
         name = sock.getsockname()
         return f"unix:{name.decode() if isinstance(name, bytes) else name}"
     host, port = sock.getsockname()[:2]
     if sock.family == socket.AF_INET6:
-        return f"http://[{host}]:{port}"
-    return f"http://{host}:{port}"
+        return f"{scheme}://[{host}]:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 def close_all(listeners: Sequence[Listener]) -> None:
@@ -281,7 +282,10 @@ def close_all(listeners: Sequence[Listener]) -> None:
 
 
 def accept_queued(
-    sockets: Sequence[socket.socket], protocol: Callable[[], asyncio.Protocol], tasks: set[asyncio.Task[Any]]
+    sockets: Sequence[socket.socket],
+    protocol: Callable[[], asyncio.Protocol],
+    tasks: set[asyncio.Task[Any]],
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """At a final stop, nobody else will accept from these listeners: take every connection waiting
     in their queues (non-blocking listeners) and serve it with ``protocol``; the tasks that attach
@@ -294,6 +298,6 @@ def accept_queued(
             except OSError:  # BlockingIOError: the queue is empty
                 break
             conn.setblocking(False)
-            task = loop.create_task(loop.connect_accepted_socket(protocol, conn))
+            task = loop.create_task(loop.connect_accepted_socket(protocol, conn, ssl=ssl_context))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

@@ -216,6 +216,36 @@ OPTIONS: tuple[Option, ...] = (
         "Require this token (?token= or Authorization: Bearer) on the debug server.",
     ),
     Option(
+        "certfile",
+        "",
+        "Serve HTTPS with this PEM certificate (the server's first, then its chain); needs --keyfile. Read and "
+        "checked at each reload (key matches, dates, chain): a bad pair fails the reload and the old one serves on.",
+        commands=("run",),
+    ),
+    Option("keyfile", "", "The PEM private key of --certfile (not encrypted).", commands=("run",)),
+    Option(
+        "ca_certs",
+        "",
+        "With --certfile: require a client certificate signed by one of the CAs in this PEM file.",
+        commands=("run",),
+    ),
+    Option(
+        "ssl_min_version",
+        "1.2",
+        "With --certfile: the oldest TLS version accepted, 1.2 or 1.3.",
+        choice("1.2", "1.3"),
+        commands=("run",),
+    ),
+    Option(
+        "watch_certs",
+        False,
+        "With --certfile: reload when the content of the certificate files changes (watched by directory, so "
+        "Kubernetes' ..data symlink swap counts), as SIGHUP does.",
+        boolean,
+        flag_is_switch=True,
+        commands=("run",),
+    ),
+    Option(
         "proxy",
         False,
         "Command mode: run each generation of the command on a private loopback $PORT and proxy the public "

@@ -50,6 +50,11 @@ class Settings:
     access_log: bool
     debug_bind: str
     debug_token: str
+    certfile: str
+    keyfile: str
+    ca_certs: str
+    ssl_min_version: str
+    watch_certs: bool
     watch: list[str]
     ignore: list[str]
     no_browser_reload: bool

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
@@ -49,8 +50,12 @@ class WorkerServer:
         redirect_while_draining: bool = False,
         server_header: bool = True,
         date_header: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.sockets = list(sockets)
+        self.ssl_context = ssl_context  # TLS on the public sockets (liveswap run --certfile)
+        # A client that never completes its TLS handshake is cut off like one that never sends its head.
+        self._handshake_timeout = (header_timeout or 60.0) if ssl_context else None
         self.limits = Limits(header_timeout=header_timeout, max_header_bytes=max_header_bytes, idle_grace=idle_grace)
         self.limits.redirect_while_draining = redirect_while_draining
         self.config = uvicorn.Config(
@@ -113,16 +118,23 @@ class WorkerServer:
                     if expire is not None:
                         expire(now)
 
-    async def serve_connection(self, sock: socket.socket) -> None:
-        """Serve one already-connected socket (the supervisor's private health channel)."""
+    async def serve_connection(self, sock: socket.socket, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Serve one already-connected socket (the supervisor's private health channel), over TLS with
+        ``ssl_context`` (then this returns once the handshake is done)."""
         loop = asyncio.get_running_loop()
-        await loop.connect_accepted_socket(self._protocol, sock)
+        await loop.connect_accepted_socket(self._protocol, sock, ssl=ssl_context)
 
     async def go(self) -> None:
         """Start accepting on the public sockets."""
         loop = asyncio.get_running_loop()
         for sock in self.sockets:
-            server = await loop.create_server(self._protocol, sock=sock, backlog=2048)
+            server = await loop.create_server(
+                self._protocol,
+                sock=sock,
+                backlog=2048,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=self._handshake_timeout,
+            )
             self.servers.append(server)
 
     @property
@@ -141,7 +153,7 @@ class WorkerServer:
         self.limits.draining = True
         self.limits.final = final
         if final:
-            accept_queued(self.sockets, self._protocol, self._adopting)
+            accept_queued(self.sockets, self._protocol, self._adopting, self.ssl_context)
         # close() closes only this process's copy of each listening socket: the supervisor and the
         # other generation still hold theirs, so queued connections are not lost.
         for server in self.servers:

@@ -23,6 +23,7 @@ from ..config import Settings
 from ..control import ControlServer
 from ..notify import Notifier, NotifyReceiver
 from ..sockets import Listener, close_all, describe
+from .certs import watch as watch_certs
 from .events import ChildrenExited, Event, NotifyReadable, ReloadAsked, StopAsked
 from .generation import BootFailed, Generation, GenState, Worker, WorkerState
 from .handover import complete as handover_complete
@@ -94,7 +95,8 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.debug: DebugHub | None = None  # --debug-bind: the one debug port for all workers
         self.health_host = settings.health_host or health_host(listeners)
-        self.listening = [describe(x.sock) for x in listeners]  # the sockets are closed first at a stop
+        scheme = "https" if settings.certfile else "http"
+        self.listening = [describe(x.sock, scheme) for x in listeners]  # the sockets are closed first at a stop
         self.dev = dev  # liveswap dev: file watching, the error page
         self.kind: WorkerKind
         if settings.command and settings.proxy:  # (the proxy, and what it imports, only when asked for)
@@ -164,6 +166,8 @@ class Supervisor:
         if self.settings.worker_timeout and self.kind.beats:
             self.spawn_task(self.restarts.watchdog())
         self.spawn_task(self.outside.tick())
+        if self.settings.watch_certs:  # a change of the certificate files starts a reload, as SIGHUP does
+            self.spawn_task(watch_certs(self.settings, lambda why: self.events.put_nowait(ReloadAsked(why))))
         started = time.monotonic()
         try:
             if self.debug is not None:  # --debug-bind

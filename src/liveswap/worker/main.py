@@ -30,6 +30,7 @@ from ..errors import AppLoadError
 from ..http.app import app_traceback, load_app
 from ..http.server import StartupFailed, WorkerServer, new_event_loop
 from ..sockets import adopt_fds
+from ..tls import CertBundle, server_context
 from . import channel
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ def main() -> int:
     )
     dev = _dev_worker(env, generation)
     error_page = env.pop("LIVESWAP_ERROR_PAGE", "")
+    tls = env.pop("LIVESWAP_TLS", "")  # the certificate pair and its key: gone before the app is imported
     app: Any = None
     kind, failed = "", None
     try:
@@ -103,7 +105,16 @@ def main() -> int:
     try:
         return loop.run_until_complete(
             _serve(
-                app, kind, settings, control, health, [lst.sock for lst in listeners], (t0, import_ms), dev, forked_with
+                app,
+                kind,
+                settings,
+                control,
+                health,
+                [lst.sock for lst in listeners],
+                (t0, import_ms),
+                dev,
+                forked_with,
+                tls,
             )
         )
     finally:
@@ -183,13 +194,20 @@ async def _serve(
     timing: tuple[float, float],
     dev: DevWorker | None,
     forked_with: frozenset[str] = frozenset(),
+    tls: str = "",
 ) -> int:
     loop = asyncio.get_running_loop()
+    public_tls = health_tls = None
+    if tls:  # liveswap run --certfile: the pair the supervisor validated for this generation
+        bundle = CertBundle.from_env(tls)
+        public_tls = server_context(bundle)
+        health_tls = server_context(bundle, verify_clients=False) if bundle.verifies_clients else public_tls
     server = WorkerServer(
         app,
         sockets,
         **settings.connection_limits(),
         redirect_while_draining=dev is not None,  # dev: what arrives during a reload goes to the new code
+        ssl_context=public_tls,
     )
     try:
         await server.startup()
@@ -225,7 +243,7 @@ async def _serve(
     log.info("ready in %.1f ms (%s app imported in %.1f ms)", (time.perf_counter() - t0) * 1000, kind, import_ms)
     # The health request is already waiting (the supervisor sent it with the spawn): READY goes out
     # first, so the supervisor's wake-up overlaps the app's answer.
-    await server.serve_connection(health)
+    await server.serve_connection(health, health_tls)
     orphaned = False
 
     live = False  # imports are reported from "go" on: never during the health check

@@ -23,6 +23,7 @@ from ...sockets import Listener
 from ...template.learn import Learner
 from ...template.spawner import Spawner, TemplateGone
 from ...worker import channel
+from ..certs import GenerationCerts, tls_probe
 from ..generation import BootFailed, Worker
 from ..health import health_host, probe, request
 
@@ -62,6 +63,7 @@ class PythonWorkers:
         preload = [*settings.preload, *(["liveswap.dev.worker"] if self.dev_env else [])]
         self.spawner = Spawner(preload, env, spares=settings.workers)
         self.learner = Learner(self.spawner, preload, spawn_task)
+        self.certs = GenerationCerts(settings) if settings.certfile else None  # --certfile: TLS
 
     def start(self) -> None:
         self.spawner.start()
@@ -80,6 +82,8 @@ class PythonWorkers:
         return self.spawner.exited(pid)
 
     async def spawn(self, worker: Worker, timeout: float) -> None:
+        # TLS: the generation's pair is validated before its first worker starts (BootFailed if bad).
+        tls = self.certs.for_generation(worker.generation.number).to_env() if self.certs is not None else ""
         control, control_child = socket.socketpair()
         health, health_child = socket.socketpair()
         env = {
@@ -91,6 +95,8 @@ class PythonWorkers:
         }
         if worker.generation.error_page:
             env["LIVESWAP_ERROR_PAGE"] = worker.generation.error_page
+        if tls:
+            env["LIVESWAP_TLS"] = tls
         fds = [control_child.fileno(), health_child.fileno(), *(x.sock.fileno() for x in self.listeners)]
         try:
             try:
@@ -113,8 +119,10 @@ class PythonWorkers:
         # the app has started, without a round trip after READY (the answer is read only after it).
         # A worker that already exited (its import failed) has closed its end: its exit and its own
         # boot error tell the boot what happened, not this broken pipe.
+        health_request = request(self.settings.health_path, self.settings.health_host or health_host(self.listeners))
         with contextlib.suppress(OSError):
-            health.sendall(request(self.settings.health_path, self.settings.health_host or health_host(self.listeners)))
+            if self.certs is None:  # (over TLS, the request follows the handshake: check_health)
+                health.sendall(health_request)
         worker.health = health
         control.setblocking(False)
         reader, worker.writer = await asyncio.open_connection(sock=control)
@@ -128,6 +136,8 @@ class PythonWorkers:
         sock, worker.health = worker.health, None
         if sock is None:
             raise BootFailed(f"{worker.describe()} has no health connection")
+        if self.certs is not None:  # over TLS: the worker must serve its generation's certificate
+            return await tls_probe(sock, self.certs.for_generation(worker.generation.number), path, host)
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock)
         return await probe(reader, writer, path, host, sent=True)
