@@ -10,8 +10,8 @@ server cannot use sendfile for it).
 
 Routes (``GET`` unless said):
 
-- ``/environ/...``: the environ as JSON (str values, the ``wsgi.*`` flags); writes a line to
-  ``wsgi.errors`` when ``?errors=TOKEN``.
+- ``/environ/...``: the environ as JSON (str values, the ``wsgi.*`` flags, whether the app runs in the
+  main thread); writes a line to ``wsgi.errors`` when ``?errors=TOKEN``.
 - ``POST /input/read-n?n=N``: reads ``wsgi.input`` with ``read(N)`` until ``b""``; answers ``len``,
   ``sha256`` and the number of reads. ``POST /raw/input/read``: one ``read()`` with no size.
 - ``POST /input/readline``, ``/input/readlines``, ``/input/iter``: the lines as JSON (latin-1).
@@ -84,6 +84,7 @@ def _environ(environ: WSGIEnvironment, start_response: StartResponse) -> list[by
         out[key] = list(value) if isinstance(value, tuple) else value
     out["has_file_wrapper"] = "wsgi.file_wrapper" in environ
     out["types"] = {k: type(v).__name__ for k, v in environ.items() if not k.startswith("wsgi.")}
+    out["in_main_thread"] = threading.current_thread() is threading.main_thread()
     return _json(start_response, out)
 
 
