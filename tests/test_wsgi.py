@@ -325,6 +325,40 @@ def test_a_large_upload_is_not_held_in_memory(pep: Instance) -> None:
     assert grew < 48, f"the worker's peak RSS grew by {grew:.0f} MiB for a 100 MiB upload"
 
 
+def test_expect_100_continue(pep: Instance) -> None:
+    """curl sends Expect: 100-continue before a body over 1 KiB and waits (1 s) for the 100: a server
+    that reads the body before calling the app must send it itself."""
+    body = os.urandom(5000)
+    head = raw_request(
+        pep, "/input/read-n?n=1000", "POST", headers=[("Content-Length", "5000"), ("Expect", "100-continue")]
+    )
+    with socket.create_connection((pep.host, pep.port), timeout=10) as sock:
+        sock.sendall(head)
+        sock.settimeout(3)
+        interim = sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+        sock.sendall(body + raw_request(pep, "/hello", headers=[("Connection", "close")]))
+        data, _ = until_close(sock, 10)
+    assert f"len=5000 sha256={sha(body)} ".encode() in data and b"hello pid=" in data, data
+
+
+def test_an_unread_body_does_not_spill_into_the_next_request(pep: Instance) -> None:
+    body = b"GET /raise HTTP/1.1\r\nHost: x\r\n\r\n" * 30000  # ~1 MiB that looks like requests
+    with conn(pep) as c:
+        c.send(raw_request(pep, "/hello", "POST", body=body) + raw_request(pep, "/write"))
+        first, second = c.read_response(), c.read_response()
+    assert (first.status, second.status, second.body) == (200, 200, b"one two three")
+
+
+def test_a_client_gone_mid_upload_leaves_the_worker_serving(pep: Instance) -> None:
+    with socket.create_connection((pep.host, pep.port), timeout=10) as sock:
+        sock.sendall(raw_request(pep, "/input/read-n", "POST", headers=[("Content-Length", str(10 * MIB))]))
+        sock.sendall(os.urandom(MIB))
+    assert httpx.get(f"{pep.url}/hello", timeout=10).status_code == 200
+    r = exchange(pep, raw_request(pep, "/input/read-n", "POST", body=b"after"))
+    assert r.text.startswith(f"len=5 sha256={sha(b'after')} "), r.text
+
+
 def test_input_read_without_a_size(pep: Instance) -> None:
     body = os.urandom(1 * MIB + 3)
     r = exchange(pep, raw_request(pep, "/raw/input/read", "POST", body=body))
@@ -429,16 +463,17 @@ def test_file_wrapper_download(pep: Instance, path: str, size: int) -> None:
     assert len(r.content) == size and sha(r.content) == sha(pattern(size))
 
 
-def test_a_large_stream_read_slowly_keeps_the_worker_small(pep: Instance) -> None:
-    """200 MiB from a generator (a fresh 1 MiB object per chunk) to a client that stops reading
-    for a second after the first MiB: the worker's memory must not grow by the body."""
+@pytest.mark.parametrize(("route", "mb"), [("/stream", 200), ("/write-big", 100)])
+def test_a_large_body_read_slowly_keeps_the_worker_small(pep: Instance, route: str, mb: int) -> None:
+    """200 MiB from a generator (a fresh 1 MiB object per chunk), 100 MiB through write(), to a
+    client that stops reading for a second after the first MiB: the worker's memory must not grow
+    by the body (backpressure)."""
     (pid,) = pep.worker_pids()
     base = reset_peak_rss(pid)
-    mb = 200
     peak = base
     with socket.create_connection((pep.host, pep.port), timeout=10) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
-        sock.sendall(raw_request(pep, f"/stream?mb={mb}", headers=[("Connection", "close")]))
+        sock.sendall(raw_request(pep, f"{route}?mb={mb}", headers=[("Connection", "close")]))
         first = sock.recv(MIB)
         assert first.startswith(b"HTTP/1.1 200"), first[:100]
         paused_until = time.monotonic() + 1.0

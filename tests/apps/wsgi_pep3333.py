@@ -15,7 +15,7 @@ Routes (``GET`` unless said):
 - ``POST /input/read-n?n=N``: reads ``wsgi.input`` with ``read(N)`` until ``b""``; answers ``len``,
   ``sha256`` and the number of reads. ``POST /raw/input/read``: one ``read()`` with no size.
 - ``POST /input/readline``, ``/input/readlines``, ``/input/iter``: the lines as JSON (latin-1).
-- ``/write``: the ``write()`` callable, then a returned iterable.
+- ``/write``: the ``write()`` callable, then a returned iterable. ``/write-big?mb=N``: N MiB by write().
 - ``/closing?token=T&n=N&size=S``: N chunks of S bytes from an iterable with ``close()``;
   ``/closed?token=T`` answers ``closed after K`` (K chunks produced) once its close() was called.
 - ``/exc-before``: start_response(200), an error, start_response(500, ..., exc_info): replaced.
@@ -200,6 +200,15 @@ def _stream(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator
         yield base[:-1] + bytes([i % 256])  # a fresh object each time: buffering them would show in RSS
 
 
+def _write_big(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+    mb = int(_query(environ).get("mb", "10"))
+    write = start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(mb * MIB))])
+    base = pattern(MIB)
+    for i in range(mb):
+        write(base[:-1] + bytes([i % 256]))  # write() must not return before the data is on its way
+    return []
+
+
 def _nolength(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
     n = int(_query(environ).get("n", "3"))
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -256,6 +265,8 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
         return _lines(environ, start_response, path.rpartition("/")[2])
     if path == "/write":
         return _write(environ, start_response)
+    if path == "/write-big":
+        return _write_big(environ, start_response)
     if path == "/closing":
         return _closing(environ, start_response)
     if path == "/closed":
