@@ -24,7 +24,7 @@ import httpx
 import pytest
 from apps.wsgi_pep3333 import MIB, pattern
 from conftest import _LISTENING, Instance, wait_until
-from loadclient import Connection, Response
+from loadclient import Connection, RequestFailed, Response
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -507,8 +507,40 @@ def test_content_length_or_chunked_chosen_correctly(pep: Instance) -> None:
     assert body == b"".join(f"part {i}\n".encode() for i in range(5))
 
 
+def test_a_body_shorter_than_its_content_length_cuts_the_connection(pep: Instance) -> None:
+    with socket.create_connection((pep.host, pep.port), timeout=10) as sock:
+        sock.sendall(raw_request(pep, "/mislength?declared=100&sent=50"))
+        data, closed = until_close(sock, 3)
+    assert closed, f"the client was left waiting for the 50 missing bytes: {data!r}"
+    assert httpx.get(f"{pep.url}/hello", timeout=10).status_code == 200
+
+
+def test_a_body_longer_than_its_content_length_does_not_corrupt_the_connection(pep: Instance) -> None:
+    # The server may cut the connection (at once, or after 100 bytes) or drop the extra bytes; what it
+    # must not do is send them, where the client reads them as the start of the next response.
+    outcomes: list[Response | str] = []
+    with conn(pep) as c:
+        c.send(raw_request(pep, "/mislength?declared=100&sent=150") + raw_request(pep, "/hello"))
+        for _ in range(2):
+            try:
+                outcomes.append(c.read_response())
+            except RequestFailed as e:
+                outcomes.append(e.kind)
+                break
+    ok = ("closed_before_response", "reset")
+    assert outcomes[0] in ok or (isinstance(outcomes[0], Response) and outcomes[0].body == b"m" * 100), outcomes
+    assert outcomes[-1] in ok or (isinstance(outcomes[-1], Response) and outcomes[-1].status == 200), outcomes
+
+
+def test_header_values_are_latin_1(pep: Instance) -> None:
+    with socket.create_connection((pep.host, pep.port), timeout=10) as sock:
+        sock.sendall(raw_request(pep, "/latin1", headers=[("Connection", "close")]))
+        data, _ = until_close(sock, 10)
+    assert b"\r\nx-latin: caf\xe9 \xa7 ok\r\n" in data.lower(), data
+
+
 def test_head_sends_no_body_and_the_same_headers(pep: Instance) -> None:
-    for path in ("/hello", "/nolength?n=3", "/raw/file?size=5000"):
+    for path in ("/hello", "/nolength?n=3", "/raw/file?size=5000", "/write"):
         with conn(pep) as c:
             c.send(raw_request(pep, path, "HEAD") + raw_request(pep, path))  # pipelined: HEAD framing shows
             head = c.read_response("HEAD")

@@ -23,6 +23,7 @@ Routes (``GET`` unless said):
 - ``/file?size=N`` (and ``/raw/file``): ``wsgi.file_wrapper`` of a file of N deterministic bytes.
 - ``/stream?mb=N``: a generator of N fresh 1 MiB chunks (backpressure: the worker must not buffer).
 - ``/nolength?n=N``: N chunks from a generator, no Content-Length. ``/hello``: with Content-Length.
+  ``/mislength?declared=D&sent=S``: a Content-Length of D, S bytes sent. ``/latin1``: a latin-1 header.
 - ``/status/CODE``: an empty answer with that status (204, 304).
 - ``/raise``: the app raises before start_response. ``/raise-mid``: after a first chunk.
 - ``/sleep?ms=M``: sleeps, counting requests running at once; ``/active?reset=1``: the highest count.
@@ -209,6 +210,14 @@ def _write_big(environ: WSGIEnvironment, start_response: StartResponse) -> list[
     return []
 
 
+def _mislength(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
+    q = _query(environ)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", q["declared"])])
+    sent = int(q["sent"])
+    yield b"m" * (sent // 2)
+    yield b"m" * (sent - sent // 2)
+
+
 def _nolength(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
     n = int(_query(environ).get("n", "3"))
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -283,6 +292,11 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
         return _stream(environ, start_response)
     if path == "/nolength":
         return _nolength(environ, start_response)
+    if path == "/mislength":
+        return _mislength(environ, start_response)
+    if path == "/latin1":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Latin", "caf\xe9 \xa7 ok")])
+        return [b"latin-1 header"]
     if path == "/hello":
         return _text(start_response, f"hello pid={os.getpid()}\n")
     if path.startswith("/status/"):
