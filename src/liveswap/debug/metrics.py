@@ -247,7 +247,7 @@ class MetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or "liveswap.health" in scope:  # (the supervisor's health checks)
             await self.app(scope, receive, send)
             return
         start = perf_counter()

@@ -49,6 +49,10 @@ class Limits:
         self.final = False  # the service is stopping: there is no new code to send anyone to
         self.slow_clients_cut = 0
         self.oversized_headers = 0
+        # Responses completed on public connections (not the supervisor's health checks, whose
+        # connection has its own Limits): --max-requests reads it. One increment per response, in
+        # _Guard.on_response_complete for the ASGI path; the native WSGI path must count here too.
+        self.requests = 0
 
 
 _408 = (
@@ -164,6 +168,7 @@ class _Guard:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
+        self.limits.requests += 1
         cycle = self.cycle
         super().on_response_complete()  # type: ignore[misc]
         if self.limits.draining:

@@ -32,6 +32,8 @@ class Restarts:
         self.sup = sup
         self.restarts = 0
         self.hung = 0
+        self.recycled = 0  # workers replaced for --max-requests
+        self.recycling: set[Worker] = set()
 
     # ---- crashes --------------------------------------------------------------------------------
     def schedule(self, gen: Generation, dead: Worker) -> None:
@@ -75,6 +77,36 @@ class Restarts:
             return
         await sup.workers.activate([worker])
         log.info("%s replaced the crashed worker (restart %d)", worker.describe(), restarts)
+
+    # ---- --max-requests ------------------------------------------------------------------------------
+    def recycle(self, worker: Worker, served: int, limit: int) -> None:
+        """``worker`` served its limit: boot its replacement as a reload would (ready and healthy), make
+        it live, then drain ``worker``. Until then it serves on: no request waits, none is lost."""
+        sup = self.sup
+        gen = worker.generation
+        if worker in self.recycling or worker.state is not WorkerState.LIVE or gen is not sup.live or sup.stopping:
+            return  # (asked again while being replaced, or a reload or stop is replacing it anyway)
+        self.recycling.add(worker)
+        log.info("%s served %d requests (--max-requests: %d for it); replacing it", worker.describe(), served, limit)
+        sup.spawn_task(self._recycle(gen, worker))
+
+    async def _recycle(self, gen: Generation, old: Worker) -> None:
+        sup = self.sup
+        try:
+            try:
+                worker = await sup.workers.boot(gen, old.slot, old.restarts)
+            except BootFailed as exc:  # it asks again in a few seconds; it serves meanwhile
+                log.error("replacement of %s (--max-requests) failed: %s; it keeps serving", old.describe(), exc)
+                return
+            if gen is not sup.live or sup.stopping or old.state is not WorkerState.LIVE:
+                sup.workers.drain_worker(worker)  # a reload, a stop or a crash got there first
+                return
+            await sup.workers.activate([worker])
+            sup.workers.drain_worker(old)
+            self.recycled += 1
+            log.info("%s replaced %s (--max-requests)", worker.describe(), old.describe())
+        finally:
+            self.recycling.discard(old)
 
     # ---- hung workers ------------------------------------------------------------------------------
     def silent_for(self, worker: Worker) -> float:

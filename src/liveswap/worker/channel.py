@@ -17,6 +17,8 @@ which the supervisor keeps as the worker's last words.
                            Draining()                its listeners are closed
                            Beat()                    its event loop turns (every beat_interval)
                            Imported(paths)           dev mode: the files of the modules it imported
+                           Recycle(served, limit)    it served its --max-requests: replace it (sent
+                                                     again every few seconds until it is told to drain)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "Go",
     "Imported",
     "Live",
+    "Recycle",
     "beat_interval",
     "decode_command",
     "decode_event",
@@ -91,6 +94,12 @@ class Imported:
     modules: list[str] = field(default_factory=list)  # the top-level modules from outside the project
 
 
+@dataclass(frozen=True)
+class Recycle:
+    served: int  # requests served so far
+    limit: int  # its --max-requests plus its share of the jitter
+
+
 def outside_modules(project: str, known: Collection[str] = ()) -> list[str]:
     """The top-level modules imported so far whose files are not under ``project``: what the
     template may learn to preload. ``known``: names to leave out (a forked worker's are those of the
@@ -115,7 +124,7 @@ def _installed(file: str) -> bool:
 
 
 Command = Go | Drain
-Event = BootError | Live | Draining | Beat | Imported
+Event = BootError | Live | Draining | Beat | Imported | Recycle
 
 _COMMANDS: dict[str, type[Command]] = {"go": Go, "drain": Drain}
 _EVENTS: dict[str, type[Event]] = {
@@ -124,6 +133,7 @@ _EVENTS: dict[str, type[Event]] = {
     "draining": Draining,
     "beat": Beat,
     "imported": Imported,
+    "recycle": Recycle,
 }
 _NAMES: dict[type[Any], str] = {cls: name for name, cls in (*_COMMANDS.items(), *_EVENTS.items())}
 

@@ -1,4 +1,9 @@
-"""The hub's ``/metrics``: every worker's request metrics summed, plus the supervisor's own.
+"""The hub's ``/metrics``: every worker's request metrics summed, plus the supervisor's own, plus
+the ``process_*`` metrics of the supervisor and of each worker (``procstat.py``: one series per
+process, labelled ``role`` and ``pid``).
+
+The supervisor's health checks are not counted: they reach the app through a connection of their
+own, whose scope says ``liveswap.health`` (``http/server.py``), and ``MetricsMiddleware`` skips it.
 
 Each answer scrapes every worker's JSON snapshot (``/metrics?format=json``) at once, each within
 ``SCRAPE_TIMEOUT``, and merges them. Counters stay monotonic across reloads: a worker's last
@@ -13,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import h11
 
 from ..metrics import DEFAULT_BUCKETS, PREFIX, SNAPSHOT_FORMAT, _num, merge_snapshots, render_prometheus
+from ..procstat import render_process_metrics
 from .proxy import StatusFn, WorkerProxy, worker_pids
 
 __all__ = ["MetricsAggregator"]
@@ -54,7 +61,8 @@ class MetricsAggregator:
             parts = ([self._retired] if self._retired else []) + [self._last[p] for p in sorted(self._last)]
             merged = merge_snapshots(parts)
         errors = sum(result is None for result in results)
-        return render_prometheus(merged) + _supervisor_metrics(now, errors)
+        processes = [("supervisor", os.getpid()), *(("worker", pid) for pid in sorted(alive))]
+        return render_prometheus(merged) + _supervisor_metrics(now, errors) + render_process_metrics(processes)
 
     async def _scrape(self, pid: int) -> dict[str, Any] | None:
         try:
@@ -104,8 +112,14 @@ def _supervisor_metrics(status: Mapping[str, Any], scrape_errors: int) -> str:
         *_family(
             "worker_restarts_total",
             "counter",
-            "Workers started to replace one that crashed.",
+            "Workers started to replace one that crashed or hung.",
             [("", status.get("restarts", 0))],
+        ),
+        *_family(
+            "worker_recycles_total",
+            "counter",
+            "Workers replaced after serving their --max-requests.",
+            [("", status.get("recycled", 0))],
         ),
         *_family(
             "workers",

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 
@@ -36,6 +36,9 @@ from ..errors import DebugPublicAddressError
 from .connection import Request, ServerConnection
 from .metrics import MetricsAggregator
 from .proxy import StatusFn, WorkerProxy
+
+if TYPE_CHECKING:
+    from ...config import Settings
 
 __all__ = ["DebugHub"]
 
@@ -65,18 +68,30 @@ class DebugHub:
         self._connections: set[asyncio.Task[Any]] = set()
 
     @classmethod
-    def bind(cls, address: str, *, name: str, status: StatusFn, token: str | None = None) -> DebugHub:
-        """Bind ``address`` (loopback only) for ``liveswap run``; raises ``DebugBindError`` with a hint."""
+    def bind(
+        cls, address: str, *, name: str, status: StatusFn, token: str | None = None, allow_public: bool = False
+    ) -> DebugHub:
+        """Bind ``address`` for ``liveswap run``: loopback only, unless ``allow_public`` (--debug-allow-public,
+        which the settings accept only with a token); raises ``DebugBindError`` with a hint."""
         try:
-            sock = bind_debug(address)
+            sock = bind_debug(address, allow_public=allow_public and bool(token))
         except DebugPublicAddressError as exc:
             port = address.rpartition(":")[2] or "6060"
             raise DebugPublicAddressError(
                 f"--debug-bind {address}: {exc}",
                 hint=f"use --debug-bind 127.0.0.1:{port} and reach it from elsewhere through a tunnel "
-                f"(ssh -L {port}:127.0.0.1:{port} host) or an authenticating reverse proxy",
+                f"(ssh -L {port}:127.0.0.1:{port} host), or, for a scraper on another host, add "
+                "--debug-allow-public with a --debug-token",
             ) from None
         return cls(sock, name=name, status=status, token=token)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, *, name: str, status: StatusFn) -> DebugHub:
+        """``bind`` with --debug-bind, --debug-token and --debug-allow-public."""
+        token = settings.debug_token or None
+        return cls.bind(
+            settings.debug_bind, name=name, status=status, token=token, allow_public=settings.debug_allow_public
+        )
 
     @property
     def url(self) -> str:
