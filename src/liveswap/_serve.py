@@ -52,6 +52,13 @@ def serve(
     log_level: str | None = "info",
     access_log: bool = False,
     lifespan: str = "auto",
+    log_format: str = "text",
+    log_config: str | None = None,
+    proxy_headers: bool = True,
+    forwarded_allow_ips: str | None = None,
+    root_path: str = "",
+    server_header: bool = True,
+    date_header: bool = True,
 ) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then drain and return.
 
@@ -64,6 +71,10 @@ def serve(
     Durations (``header_timeout``, ``keepalive_timeout``, ``shutdown_timeout``, ``idle_grace``) take
     seconds or the CLI's strings (``"500ms"``, ``"5s"``, ``"2m"``); every limit is checked as the CLI
     checks its option, and a bad value raises ConfigError before anything is bound.
+
+    Behind a proxy, ``proxy_headers``, ``forwarded_allow_ips``, ``root_path``, ``server_header`` and
+    ``date_header`` mean what they mean to ``uvicorn.run`` (and ``liveswap run``'s flags of the same
+    names); ``log_format`` (``"text"`` or ``"json"``) and ``log_config`` (a file) too.
 
     The debug server (stacks, profile, heap, stats, metrics) listens on ``debug``, loopback-only
     unless ``debug_allow_public``; ``debug=None`` turns it off. ``group`` runs background tasks
@@ -89,12 +100,20 @@ def serve(
     interface = _checked("interface", interface)
     if log_level is not None:
         log_level = _checked("log_level", log_level)
+    log_format = _checked("log_format", log_format)
+    http = dict(
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=_checked("forwarded_allow_ips", forwarded_allow_ips),
+        root_path=_checked("root_path", root_path),
+        server_header=server_header,
+        date_header=date_header,
+    )
     binds = [bind] if isinstance(bind, str) else list(bind or [])
     if host is not None or port is not None:
         h = host or "127.0.0.1"
         binds.append(f"[{h}]:{port or 8000}" if ":" in h else f"{h}:{port or 8000}")
     if log_level is not None:
-        setup_logging(log_level, role="serve", access_log=access_log)
+        setup_logging(log_level, "serve", log_format=log_format, log_config=_checked("log_config", log_config))
     if isinstance(app, str):
         asgi, kind = load_app(app, factory=factory, interface=interface)
     else:
@@ -122,7 +141,7 @@ def serve(
         listeners,
         metrics,
         group,
-        dict(limits, access_log=access_log, lifespan=lifespan),
+        dict(limits, **http, access_log=access_log, lifespan=lifespan),
         shutdown_timeout=drain_timeout,
         debug=(debug, debug_token, debug_allow_public),
     )

@@ -46,6 +46,8 @@ def _add_options(command: str) -> Callable[[Any], Any]:
 
 def _click_option(opt: Option) -> Callable[[Any], Any]:
     help_text = f"{opt.help} [env {opt.env}; default {opt.default!r}]"
+    if opt.negatable:
+        return click.option(f"{opt.flag}/--no-{opt.key}", opt.name, default=None, help=help_text)
     if opt.flag_is_switch:
         return click.option(opt.flag, opt.name, is_flag=True, default=None, help=help_text)
     if opt.multiple:
@@ -132,6 +134,7 @@ def _upgrade_state() -> dict[str, Any] | None:
 
 def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] | None = None) -> None:
     from ._log import setup_logging
+    from ._proctitle import set_title
     from .http.app import check_app
     from .sockets import bind_all, inherit_listen_fds
     from .supervisor import Supervisor
@@ -153,6 +156,8 @@ def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] 
         else:
             check_app(settings.app, settings.app_dir)
         check_tls(settings, dev)  # --certfile: a pair that cannot serve is a usage error, before any bind
+        # Here: a log config that logging refuses is a usage error too (and a dry run checks it).
+        setup_logging(settings.log_level, "supervisor", log_format=settings.log_format, log_config=settings.log_config)
     except (ConfigError, AppLoadError) as exc:
         _fail(exc, EXIT_USAGE)
     upgraded = _upgrade_state()
@@ -163,7 +168,7 @@ def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] 
         click.echo(f"liveswap {__version__}: dry run ok ({settings.app})")
         sys.exit(0)
     try:
-        setup_logging(settings.log_level, role="supervisor")
+        set_title(f"supervisor {settings.app} ({settings.instance_name()})")
         handover = None
         if upgraded is not None:  # liveswap upgrade: this process's previous image held these
             from .supervisor.upgrade import listeners_from

@@ -24,12 +24,15 @@ __all__ = [
     "choice",
     "directory",
     "duration",
+    "forwarded_ips",
     "host_header",
     "instance_name",
     "integer",
+    "log_config_file",
     "module_name",
     "parse_duration",
     "request_path",
+    "root_path",
 ]
 
 _DURATION = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -223,3 +226,62 @@ def boolean(text: Any) -> bool:
     if low in ("0", "false", "no", "off", ""):
         return False
     raise Invalid(f"{text!r} is not a boolean; use true or false")
+
+
+def forwarded_ips(value: Any) -> str:
+    """``--forwarded-allow-ips``: ``*``, or a comma-separated list of IP addresses and networks
+    (CIDR). uvicorn takes a malformed address for a literal that never matches; we refuse it."""
+    import ipaddress
+
+    text = str(value).strip()
+    if text in ("", "*"):
+        return text
+    for item in (x.strip() for x in text.split(",")):
+        try:
+            if "/" in item:
+                ipaddress.ip_network(item)
+            else:
+                ipaddress.ip_address(item)
+        except ValueError:
+            raise Invalid(
+                f"{item!r} is not an IP address or network",
+                hint="give the addresses of the proxies you trust, comma-separated: 127.0.0.1,::1, 10.0.0.0/8, "
+                "or * to trust any peer (only when nothing but your proxy can reach this server)",
+            ) from None
+    return ",".join(x.strip() for x in text.split(","))
+
+
+def root_path(value: Any) -> str:
+    """``--root-path``: '' or a path prefix such as ``/api`` (no trailing slash)."""
+    text = str(value)
+    if not text:
+        return text
+    if not text.startswith("/") or text.endswith("/") or not all(33 <= ord(c) < 127 for c in text):
+        raise Invalid(
+            f"{text!r} is not a path prefix",
+            hint="the prefix your proxy mounts the app under: starts with '/', no trailing '/', no spaces, "
+            "e.g. /api (empty: none)",
+        )
+    return text
+
+
+def log_config_file(value: Any) -> str:
+    """``--log-config``: a logging config file that exists: .json or .yaml/.yml (dictConfig), else
+    an .ini-style file (fileConfig), as uvicorn reads it. Returned as an absolute path."""
+    text = str(value)
+    if not text:
+        return text
+    if not os.path.isfile(text):
+        what = "is not a file" if os.path.exists(text) else "does not exist"
+        raise Invalid(
+            f"{text!r} {what}",
+            hint="give a logging config file: .json or .yaml (logging.config.dictConfig), or .ini (fileConfig)",
+        )
+    if text.endswith((".yaml", ".yml")):
+        import importlib.util
+
+        if importlib.util.find_spec("yaml") is None:
+            raise Invalid(
+                f"{text!r} is YAML, and PyYAML is not installed", hint="pip install PyYAML, or write it as .json"
+            )
+    return os.path.abspath(text)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._http_options import HTTP_OPTIONS
 from ._parse import (
     MAX_NAME,
     MAX_WORKERS,
@@ -45,6 +46,7 @@ class Option:
     parse: Callable[[Any], Any] = str
     multiple: bool = False
     flag_is_switch: bool = False
+    negatable: bool = False  # a switch that is on by default: --x/--no-x, as uvicorn spells them
     commands: tuple[str, ...] = ("run", "dev")  # the CLI commands that take it
 
     @property
@@ -203,7 +205,7 @@ OPTIONS: tuple[Option, ...] = (
         multiple=True,
     ),
     Option("log_level", "info", "Log level: debug, info, warning, error.", choice("debug", "info", "warning", "error")),
-    Option("access_log", False, "Log every request.", boolean, flag_is_switch=True),
+    *(Option(**kwargs) for kwargs in HTTP_OPTIONS),  # the logs, and behind a proxy
     Option(
         "debug_bind",
         "",
@@ -361,5 +363,6 @@ def docs_table() -> str:
     """The options table for docs/configuration.md."""
     rows = ["| flag | env | pyproject key | default | commands | meaning |", "|---|---|---|---|---|---|"]
     for o in OPTIONS:
-        rows.append(f"| `{o.flag}` | `{o.env}` | `{o.key}` | `{o.default!r}` | {', '.join(o.commands)} | {o.help} |")
+        flag = f"{o.flag}/--no-{o.key}" if o.negatable else o.flag
+        rows.append(f"| `{flag}` | `{o.env}` | `{o.key}` | `{o.default!r}` | {', '.join(o.commands)} | {o.help} |")
     return "\n".join(rows)

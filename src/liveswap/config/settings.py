@@ -48,6 +48,13 @@ class Settings:
     preload: list[str]
     log_level: str
     access_log: bool
+    log_format: str
+    log_config: str
+    proxy_headers: bool
+    forwarded_allow_ips: str
+    root_path: str
+    server_header: bool
+    date_header: bool
     debug_bind: str
     debug_token: str
     certfile: str
@@ -92,6 +99,11 @@ class Settings:
         """What guards each client connection, as WorkerServer and ProxyServer take it."""
         names = ("keepalive_timeout", "header_timeout", "max_header_bytes", "idle_grace", "max_connections")
         return {**{name: getattr(self, name) for name in names}, "access_log": self.access_log}
+
+    def http_options(self) -> dict[str, Any]:
+        """What a Python worker's HTTP server takes from behind-a-proxy options (WorkerServer's names)."""
+        names = ("proxy_headers", "forwarded_allow_ips", "root_path", "server_header", "date_header")
+        return {name: getattr(self, name) for name in names}
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -165,7 +177,7 @@ def load_settings(
     values: dict[str, Any] = {}
     for option in OPTIONS:
         given = cli.get(option.name)
-        if given not in (None, (), []) and not (option.flag_is_switch and given is False):
+        if given not in (None, (), []) and not (option.flag_is_switch and not option.negatable and given is False):
             values[option.name] = _convert(option, list(given) if option.multiple else given, option.flag)
         elif option.env in environ:
             values[option.name] = _convert(option, environ[option.env], option.env)

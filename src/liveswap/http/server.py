@@ -21,6 +21,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from ..sockets import accept_queued
+from .access import AccessLog
 from .lifespan import Lifespan, StartupFailed
 from .protocol import Limits, protocol_class
 
@@ -50,6 +51,7 @@ class WorkerServer:
         redirect_while_draining: bool = False,
         server_header: bool = True,
         date_header: bool = True,
+        root_path: str = "",
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.sockets = list(sockets)
@@ -63,21 +65,27 @@ class WorkerServer:
             interface="asgi3",
             lifespan=lifespan,
             log_config=None,
-            access_log=access_log,
+            access_log=False,  # ours (http/access.py) has the duration and skips the health checks
             timeout_keep_alive=int(keepalive_timeout) if keepalive_timeout >= 1 else 1,
             limit_concurrency=max_connections or None,
             http=protocol_class(http),
             h11_max_incomplete_event_size=max_header_bytes + 1024,
             proxy_headers=proxy_headers,
-            forwarded_allow_ips=forwarded_allow_ips,
+            forwarded_allow_ips=forwarded_allow_ips or None,  # None: $FORWARDED_ALLOW_IPS, else 127.0.0.1,::1
+            root_path=root_path,
             # A proxy passes on the upstream's own Server and Date headers: ours would duplicate them.
             server_header=server_header,
             date_header=date_header,
         )
         self.config.timeout_keep_alive = keepalive_timeout  # type: ignore[assignment]  # a float works
         self.config.load()
+        # The access log wraps the app (with proxy headers applied) only when it is on; the private
+        # health connection and the lifespan get the app without it.
+        self.access = AccessLog(access_log)
+        self.health_app = self.config.loaded_app
+        self.config.loaded_app = self.access.wrap(self.health_app)
         self.state = ServerState()
-        self.lifespan = Lifespan(self.config.loaded_app, lifespan)
+        self.lifespan = Lifespan(self.health_app, lifespan)
         self.servers: list[asyncio.AbstractServer] = []
         self._adopting: set[asyncio.Task[Any]] = set()  # queued connections accepted at a final stop
         self._ticker: asyncio.Task[None] | None = None
@@ -122,7 +130,13 @@ class WorkerServer:
         """Serve one already-connected socket (the supervisor's private health channel), over TLS with
         ``ssl_context`` (then this returns once the handshake is done)."""
         loop = asyncio.get_running_loop()
-        await loop.connect_accepted_socket(self._protocol, sock, ssl=ssl_context)
+
+        def unlogged() -> asyncio.Protocol:  # health checks never appear in the access log
+            proto = self._protocol()
+            proto.app = self.health_app  # type: ignore[attr-defined]
+            return proto
+
+        await loop.connect_accepted_socket(unlogged, sock, ssl=ssl_context)
 
     async def go(self) -> None:
         """Start accepting on the public sockets."""

@@ -63,6 +63,7 @@ class RollBack:
             outcome["duration_ms"],
             old.number,
             outcome["error"],
+            extra={"event": "reload_failed", "duration_ms": outcome["duration_ms"], "error": outcome["error"]},
         )
         if outcome.get("detail"):
             log.error("%s", outcome["detail"])
@@ -141,7 +142,12 @@ class Reloads:
         old = sup.live
         if old is not None:
             sup.systemd.reloading()
-            log.info("reload: starting generation %d (%s)", gen.number, reason)
+            log.info(
+                "reload: starting generation %d (%s)",
+                gen.number,
+                reason,
+                extra={"event": "reload_started", "reason": reason, "new_generation": gen.number},
+            )
             sup.outside.reload_started(gen.number, reason)
         boots = [sup.spawn_task(sup.workers.boot(gen, slot)) for slot in range(sup.settings.workers)]
         done, pending = await asyncio.wait(boots, return_when=asyncio.FIRST_EXCEPTION)
@@ -194,6 +200,7 @@ class Reloads:
                 gen.number,
                 outcome["duration_ms"],
                 old.number,
+                extra={"event": "reload_ok", "duration_ms": outcome["duration_ms"], "new_generation": gen.number},
             )
             sup.systemd.send(READY=1, STATUS=f"serving generation {gen.number}")
         sup.forget_finished()

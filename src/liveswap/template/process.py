@@ -153,7 +153,7 @@ class _Spare:
         self.sock = sock
 
 
-def _fork_spare(chan: socket.socket, supervisor: int, others: list[_Spare]) -> _Spare:
+def _fork_spare(chan: socket.socket, supervisor: int, others: list[_Spare], app: str = "?") -> _Spare:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     middle = os.fork()
     if middle == 0:
@@ -164,7 +164,7 @@ def _fork_spare(chan: socket.socket, supervisor: int, others: list[_Spare]) -> _
                 chan.close()
                 for other in others:  # else a spare would keep the others from seeing the template go
                     other.sock.close()
-                _spare_main(theirs, supervisor)
+                _spare_main(theirs, supervisor, app)
             theirs.send(str(pid).encode())
         finally:
             os._exit(0)
@@ -177,9 +177,12 @@ def _fork_spare(chan: socket.socket, supervisor: int, others: list[_Spare]) -> _
     return _Spare(pid, ours)
 
 
-def _spare_main(sock: socket.socket, supervisor: int) -> None:
+def _spare_main(sock: socket.socket, supervisor: int, app: str) -> None:
     code = 0
     try:
+        from liveswap._proctitle import set_title
+
+        set_title(f"spare {app}")
         adopted_by(supervisor)  # while waiting: off the critical path
         try:
             request, fds = _recv(sock)
@@ -216,6 +219,20 @@ def _pending(chan: socket.socket, wait: float) -> bool:
     return bool(readable)
 
 
+def _setup_logging() -> str:
+    """Logging as the supervisor's options say, and the process title; the app's name."""
+    from liveswap._log import setup_logging
+    from liveswap._proctitle import set_title
+
+    log = json.loads(os.environ.pop("LIVESWAP_TEMPLATE_LOG", "{}"))
+    app = str(log.get("app", "?"))
+    set_title(f"template {app}")
+    setup_logging(
+        log.get("level", "info"), "template", log_format=log.get("format", "text"), log_config=log.get("config", "")
+    )
+    return app
+
+
 def main() -> None:
     supervisor = int(os.environ.pop("LIVESWAP_SUPERVISOR_PID"))
     chan = socket.socket(fileno=int(os.environ.pop("LIVESWAP_TEMPLATE_FD")))
@@ -223,6 +240,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # group-wide signals are the supervisor's to act on
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     started = time.perf_counter()
+    app = _setup_logging()
     # Everything a worker needs before it imports the app; never the app itself.
     import liveswap.worker.main  # noqa: F401
     from liveswap.http.server import warm_up
@@ -258,7 +276,7 @@ def main() -> None:
         # a generation are asked for within milliseconds of the first, and come first.
         while len(spares) < want and not _pending(chan, QUIET):
             try:
-                spares.append(_fork_spare(chan, supervisor, spares))
+                spares.append(_fork_spare(chan, supervisor, spares, app))
             except OSError:
                 break
         try:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .. import notify
 from .._log import setup_logging
 from .._os import EXIT_BOOT_ERROR, EXIT_OK, EXIT_ORPHANED, adopted_by
+from .._proctitle import set_title
 from ..config import Settings
 from ..errors import AppLoadError
 from ..http.app import app_traceback, load_app
@@ -56,7 +57,14 @@ def main() -> int:
     env = os.environ
     settings = Settings(**json.loads(env["LIVESWAP_SETTINGS"]))
     generation = env.get("LIVESWAP_GENERATION", "?")
-    setup_logging(settings.log_level, role=f"gen={generation}", access_log=settings.access_log)
+    setup_logging(
+        settings.log_level,
+        "worker",
+        generation=int(generation) if generation.isdigit() else None,
+        log_format=settings.log_format,
+        log_config=settings.log_config,
+    )
+    set_title(f"worker gen {generation} {settings.app}")
     # Ctrl-C, a terminal hang-up or `kill -HUP -PGID` signal the whole process group: the
     # supervisor decides what they mean (drain, reload), not each worker on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -206,6 +214,7 @@ async def _serve(
         app,
         sockets,
         **settings.connection_limits(),
+        **settings.http_options(),
         redirect_while_draining=dev is not None,  # dev: what arrives during a reload goes to the new code
         ssl_context=public_tls,
     )

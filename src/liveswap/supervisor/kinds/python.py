@@ -58,6 +58,15 @@ class PythonWorkers:
         self.spawn_task = spawn_task
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
+        # The template's own logging and process title (it never reads the settings).
+        env["LIVESWAP_TEMPLATE_LOG"] = json.dumps(
+            {
+                "app": settings.app,
+                "level": settings.log_level,
+                "format": settings.log_format,
+                "config": settings.log_config,
+            }
+        )
         # One spare per worker: a whole generation starts without a fork on the critical path.
         # liveswap dev's worker side (refresh script, error page) is loaded once, in the template.
         preload = [*settings.preload, *(["liveswap.dev.worker"] if self.dev_env else [])]

@@ -1,0 +1,106 @@
+"""Behind a proxy: --proxy-headers/--no-proxy-headers, --forwarded-allow-ips, --root-path,
+--server-header/--no-server-header, --date-header/--no-date-header, with uvicorn's meanings. Each is
+checked on a real `liveswap run` (and `serve()`) answering real requests over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import pytest
+from conftest import APPS, MakeInstance
+
+pytestmark = pytest.mark.timeout(60)
+
+FORWARDED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+
+
+def scope_of(url: str, path: str = "/x") -> tuple[dict[str, Any], httpx.Response]:
+    r = httpx.get(url + path, headers=FORWARDED, timeout=10)
+    assert r.status_code == 200, r.text
+    return json.loads(r.text), r
+
+
+def test_defaults_trust_forwarded_headers_from_loopback_and_send_server_and_date(liveswap: MakeInstance) -> None:
+    inst = liveswap(app="scope_echo:app")
+    scope, r = scope_of(inst.url)
+    assert scope["client"] == ["203.0.113.7", 0] and scope["scheme"] == "https"
+    assert scope["root_path"] == "" and scope["path"] == "/x"
+    assert r.headers["server"] == "uvicorn"
+    assert re.match(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT$", r.headers["date"])
+
+
+def test_forwarded_headers_ignored_from_peers_not_allowed(liveswap: MakeInstance) -> None:
+    flag = liveswap(app="scope_echo:app", args=["--forwarded-allow-ips", "10.0.0.0/8,192.0.2.1"])
+    env = liveswap(app="scope_echo:app", env={"FORWARDED_ALLOW_IPS": "10.1.2.3"})  # uvicorn's variable
+    star = liveswap(app="scope_echo:app", env={"LIVESWAP_FORWARDED_ALLOW_IPS": "*", "FORWARDED_ALLOW_IPS": "10.1.2.3"})
+    for inst in (flag, env):
+        scope, _ = scope_of(inst.url)
+        assert scope["client"][0] == "127.0.0.1" and scope["scheme"] == "http", scope
+    scope, _ = scope_of(star.url)  # ours wins over uvicorn's variable
+    assert scope["client"] == ["203.0.113.7", 0] and scope["scheme"] == "https"
+
+
+def test_no_proxy_headers_root_path_no_server_no_date(liveswap: MakeInstance) -> None:
+    inst = liveswap(
+        app="scope_echo:app",
+        args=["--no-proxy-headers", "--root-path", "/api", "--no-server-header", "--no-date-header"],
+    )
+    scope, r = scope_of(inst.url)
+    assert scope["client"][0] == "127.0.0.1" and scope["scheme"] == "http"
+    assert scope["root_path"] == "/api" and scope["path"] == "/api/x"  # uvicorn's: path includes root_path
+    assert "server" not in r.headers and "date" not in r.headers
+
+
+def test_serve_takes_the_same_options(tmp_path: Any) -> None:
+    options = {"proxy_headers": False, "root_path": "/api", "server_header": False, "date_header": False}
+    proc = subprocess.Popen(
+        [sys.executable, str(APPS / "scope_echo.py")],
+        env=dict(os.environ, SERVE_OPTIONS=json.dumps(options), PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the readiness line; a dead process ends the loop
+            m = re.search(r"serving \w+ app on (http://\S+)", line)
+            if m:
+                break
+        else:
+            raise AssertionError("serve() never said it was serving")
+        scope, r = scope_of(m.group(1))
+        assert scope["client"][0] == "127.0.0.1" and scope["root_path"] == "/api"
+        assert "server" not in r.headers and "date" not in r.headers
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--forwarded-allow-ips", "10.0.0.300"], "'10.0.0.300' is not an IP address or network"),
+        (["--forwarded-allow-ips", "10.0.0.0/33"], "'10.0.0.0/33' is not an IP address or network"),
+        (["--root-path", "api"], "'api' is not a path prefix"),
+        (["--root-path", "/api/"], "'/api/' is not a path prefix"),
+    ],
+)
+def test_bad_values_are_refused_with_a_hint(args: list[str], message: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "liveswap", "run", "scope_echo:app", "--app-dir", str(APPS), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "hint:" in out.stderr and "Traceback" not in out.stderr
