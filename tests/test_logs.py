@@ -171,3 +171,14 @@ def test_process_titles_name_each_role(liveswap: MakeInstance) -> None:
         10,
         "a template and two spares with their titles",
     )
+
+
+def test_proxy_mode_access_line_has_the_duration_and_no_health_check(liveswap: MakeInstance) -> None:
+    command = [sys.executable, str(APPS / "port_server.py")]
+    args = ["--proxy", "--bind", "127.0.0.1:0", "--access-log", "--log-format", "json", "--", *command]
+    inst = liveswap(app="", args=args)
+    assert httpx.get(inst.url + "/slow?s=0.2", timeout=10).status_code == 200
+    rec = json.loads(inst.wait_for(r'"logger": "liveswap.access"').string)
+    assert (rec["method"], rec["path"], rec["query"], rec["status"]) == ("GET", "/slow", "s=0.2", 200)
+    assert 200 <= rec["duration_ms"] < 5000 and rec["client"] == "127.0.0.1" and rec["role"] == "supervisor"
+    assert sum('"logger": "liveswap.access"' in x for x in log_lines(inst)) == 1  # not the health check of GET /

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from ..http.access import AccessLog
 from . import messages
 from .exchange import Exchange
 from .splice import FrameTracker
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["ClientConnection", "ClientSide"]
 
 log = logging.getLogger("liveswap.proxy")
+access = AccessLog(True)  # written when the side's access_log says so
 _LINGER = 5.0  # how long an answered client may go on sending a request body nobody will read
 
 
@@ -281,7 +283,9 @@ class ClientConnection(asyncio.Protocol):
         self.up_reading = None
         self.flush()
         if self.side.access_log:
-            log.info('%s - "%s %s" %d', self.peer.decode(), ex.method.decode(), ex.target.decode("latin-1"), ex.status)
+            path, _, query = ex.target.decode("latin-1").partition("?")
+            version = "1.0" if ex.http10 else "1.1"
+            access.log(self.peer.decode() or "-", ex.method.decode(), path, query, version, ex.status, ex.age())
         if not ex.keep_alive:
             if ex.request_done or self.reading is not ex:
                 self.cut()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from . import messages
@@ -70,6 +71,7 @@ class Exchange:
         self.up: UpstreamConnection | None = None
         self.task: asyncio.Task[None] | None = None
         self.status = 0
+        self.received = time.perf_counter()  # the request's head, for the access log's duration
         self.started = False  # the response's head went to the client
         self.interim = False  # an 1xx answer is being relayed
         self.rechunk = False  # the client gets the body chunked by us
@@ -77,6 +79,10 @@ class Exchange:
         self.done = False  # answered: what is left of the request body is dropped
 
     # -- the request, from the client ---------------------------------------------------------
+
+    def age(self) -> float:
+        """Seconds since the request's head arrived."""
+        return time.perf_counter() - self.received
 
     def start(self) -> None:
         routes = self.client.side.routes
