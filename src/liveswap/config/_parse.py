@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import BindError
-from ..sockets import parse_bind
+from ..sockets import BindSyntax, parse_bind
 
 __all__ = [
     "MAX_DURATION",
@@ -31,6 +31,7 @@ __all__ = [
     "log_config_file",
     "module_name",
     "parse_duration",
+    "probe_address",
     "request_path",
     "root_path",
 ]
@@ -122,6 +123,24 @@ def bind_address(value: Any) -> str:
         parse_bind(text)
     except BindError as exc:
         raise Invalid(str(exc).removeprefix("--bind "), hint=exc.hint) from None
+    return text
+
+
+_PROBE = BindSyntax("--probe-bind", example_port=8081, fd=False)
+_PROBE_HINT = "use HOST:PORT, e.g. 0.0.0.0:8081 or [::]:8081 (every interface: the answers carry no data)"
+
+
+def probe_address(value: Any) -> str:
+    """``--probe-bind``: '' (off) or a TCP ``HOST:PORT`` (the kubelet probes over TCP)."""
+    text = str(value)
+    if not text:
+        return text
+    try:
+        spec = parse_bind(text, _PROBE)
+    except BindError as exc:
+        raise Invalid(str(exc).removeprefix("--probe-bind "), hint=_PROBE_HINT) from None
+    if spec.kind != "tcp":
+        raise Invalid(f"{text!r}: the probes are served over TCP (the kubelet's httpGet)", hint=_PROBE_HINT)
     return text
 
 

@@ -29,6 +29,7 @@ from ._parse import (
     integer,
     module_name,
     parse_duration,
+    probe_address,
     request_path,
     stop_signal,
 )
@@ -324,6 +325,32 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "Shell command run when a stop begins, while the workers drain; the supervisor waits up to 10 s for it "
         "before it exits.",
+        commands=("run",),
+    ),
+    Option(
+        "probe_bind",
+        "",
+        "Serve Kubernetes probes on this HOST:PORT (0.0.0.0:8081): GET /livez (200 while the supervisor runs) and "
+        "/readyz (200 while a generation serves; 503 while booting and from the first SIGTERM on), nothing else. "
+        "Off by default.",
+        probe_address,
+        commands=("run",),
+    ),
+    Option(
+        "shutdown_delay",
+        0.0,
+        "On SIGTERM (or liveswap stop), keep serving this long with /readyz answering 503 before the drain begins, "
+        "while load balancers stop sending new requests (a second SIGTERM or SIGINT skips the rest).",
+        duration(),
+        commands=("run",),
+    ),
+    Option(
+        "grace_period",
+        0.0,
+        "How long the platform waits after SIGTERM before SIGKILL (the pod's terminationGracePeriodSeconds, less "
+        "any preStop sleep): liveswap warns at start when --shutdown-delay plus --drain-timeout exceed it "
+        "(0: unknown; 30 s is assumed when KUBERNETES_SERVICE_HOST is set).",
+        duration(),
         commands=("run",),
     ),
     Option(

@@ -75,6 +75,9 @@ class Settings:
     on_reload_start: str
     on_reload_done: str
     on_stop: str
+    probe_bind: str
+    shutdown_delay: float
+    grace_period: float
     # Command mode (`liveswap run -- COMMAND ...`): the command line; APP is then its display name.
     command: list[str] = field(default_factory=list)
 

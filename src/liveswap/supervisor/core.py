@@ -34,6 +34,8 @@ from .kinds.command import CommandWorkers
 from .kinds.python import PythonWorkers
 from .lifecycle import ACK_TIMEOUT, Lifecycle
 from .outside import Outside
+from .pid1 import EarlyExits, ignore_other_signals
+from .probes import Termination
 from .restarts import Restarts
 from .status import Status, status_of
 from .transaction import FailurePolicy, ReloadOutcome, Reloads, RollBack
@@ -73,7 +75,7 @@ class Supervisor:
         self.live: Generation | None = None
         self.next_gen = 1
         self.by_pid: dict[int, Worker] = {}
-        self.early_exits: dict[int, int] = {}  # reaped before we knew the pid was a worker of ours
+        self.early_exits = EarlyExits()  # reaped before we knew the pid was a worker of ours (or orphans)
         self.early_notify: dict[int, list[dict[str, str]]] = {}
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.stopping = False
@@ -122,6 +124,7 @@ class Supervisor:
         self.reloads = Reloads(self, _dev_policy() if dev is not None else RollBack())
         self.restarts = Restarts(self)
         self.workers = Lifecycle(self)
+        self.termination = Termination(self)  # --probe-bind, --shutdown-delay, --grace-period
 
     # ---- plumbing ---------------------------------------------------------------------------
     def spawn_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -148,8 +151,10 @@ class Supervisor:
             self.debug = DebugHub.bind(
                 self.settings.debug_bind, name=self.name, status=self.status, token=self.settings.debug_token or None
             )
+        await self.termination.start()  # the probe port answers from the start (503 on /readyz until live)
         self._stopped = loop.create_future()
         become_subreaper()
+        ignore_other_signals(loop)  # SIGUSR1, SIGUSR2: logged, never fatal (see pid1.py)
         signals: list[tuple[signal.Signals, Event]] = [
             (signal.SIGHUP, ReloadAsked("signal SIGHUP")),
             (signal.SIGTERM, StopAsked(signal.SIGTERM)),
@@ -212,6 +217,7 @@ class Supervisor:
             for task in list(self._tasks):
                 task.cancel()
             await self.control.close()
+            await self.termination.aclose()
             if self.handover is not None:
                 self.handover.abandon()
             if self.debug is not None:  # --debug-bind
@@ -237,9 +243,8 @@ class Supervisor:
                 self.reloads.request(event.reason)
             elif self.stopping and event.sig is signal.SIGINT:
                 self._fast_stop()
-            elif not self.stopping:
-                log.info("%s: stopping gracefully (send SIGINT again to stop at once)", event.sig.name)
-                self.spawn_task(self.stop(graceful=True))
+            elif not self.stopping:  # (readiness goes first, then --shutdown-delay, then the drain)
+                self.termination.asked(event.sig)
 
     # ---- children ---------------------------------------------------------------------------
     def expect_exit(self, pid: int) -> asyncio.Future[int]:
@@ -270,9 +275,7 @@ class Supervisor:
             worker = self.by_pid.get(pid)
             if worker is None:
                 # A worker whose spawn reply is still on its way, or a spare the template let go.
-                self.early_exits[pid] = code
-                if len(self.early_exits) > 256:
-                    del self.early_exits[next(iter(self.early_exits))]
+                self.early_exits.add(pid, code)
             else:
                 self.on_exit(worker, code)
 

@@ -42,6 +42,8 @@ def status_of(sup: Supervisor) -> Status:
     live_workers = len([w for w in sup.live.workers if w.state is WorkerState.LIVE]) if sup.live else 0
     if sup.stopping:
         state = "stopping"
+    elif sup.termination.delaying:  # --shutdown-delay: not ready, still serving
+        state = "stopping: shutdown delay, still serving"
     elif sup.live is None:
         state = "starting"
     elif live_workers < sup.settings.workers:

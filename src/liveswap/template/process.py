@@ -170,7 +170,8 @@ def _fork_spare(chan: socket.socket, supervisor: int, others: list[_Spare], app:
             os._exit(0)
     theirs.close()
     pid = int(ours.recv(64) or b"0")
-    os.waitpid(middle, 0)
+    with contextlib.suppress(ChildProcessError):  # (the SIGCHLD handler may have reaped it already)
+        os.waitpid(middle, 0)
     if not pid:
         ours.close()
         raise OSError("fork failed in the intermediate process")
@@ -239,6 +240,9 @@ def main() -> None:
     die_with_parent(supervisor)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # group-wide signals are the supervisor's to act on
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Reap each intermediate as it exits, not at the next request: until then it would stay a zombie
+    # (workers and spares reset SIGCHLD in _become_worker).
+    signal.signal(signal.SIGCHLD, lambda signum, frame: _reap())
     started = time.perf_counter()
     app = _setup_logging()
     # Everything a worker needs before it imports the app; never the app itself.
