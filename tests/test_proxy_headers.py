@@ -10,11 +10,15 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from conftest import APPS, MakeInstance
+
+from liveswap.config import load_settings
+from liveswap.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,3 +108,36 @@ def test_bad_values_are_refused_with_a_hint(args: list[str], message: str) -> No
     )
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "hint:" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "expected"),
+    [
+        (None, {}, True),
+        (None, {"LIVESWAP_PROXY_HEADERS": "false"}, False),
+        (True, {"LIVESWAP_PROXY_HEADERS": "false"}, True),  # --proxy-headers wins over the environment
+        (False, {"LIVESWAP_PROXY_HEADERS": "true"}, False),  # and so does --no-proxy-headers
+    ],
+)
+def test_a_switch_that_is_on_by_default_can_be_turned_off_and_on(
+    tmp_path: Path, cli: bool | None, env: dict[str, str], expected: bool
+) -> None:
+    settings = load_settings("scope_echo:app", {"proxy_headers": cli}, environ=env, cwd=tmp_path)
+    assert settings.proxy_headers is expected
+
+
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [
+        ({"root_path": "/api"}, "--root-path"),
+        ({"forwarded_allow_ips": "*"}, "--forwarded-allow-ips"),
+        ({"proxy_headers": False}, "--no-proxy-headers"),
+        ({"server_header": False}, "--no-server-header"),
+        ({"date_header": False}, "--no-date-header"),
+    ],
+)
+def test_command_mode_refuses_what_only_python_workers_do(tmp_path: Path, options: dict[str, Any], flag: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{flag} is for Python apps") as info:
+        load_settings("", options, environ={}, cwd=tmp_path, command=["gunicorn", "app:app"])
+    assert info.value.hint and "after the --" in info.value.hint
+    load_settings("", {}, environ={}, cwd=tmp_path, command=["gunicorn", "app:app"])  # the defaults are fine

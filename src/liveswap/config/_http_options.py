@@ -3,11 +3,13 @@ of ``Option`` (``options.py`` declares them in its table, in this order)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from ..errors import ConfigError
 from ._parse import boolean, choice, forwarded_ips, log_config_file, root_path
 
-__all__ = ["HTTP_OPTIONS"]
+__all__ = ["HTTP_OPTIONS", "refuse_for_command"]
 
 _SWITCH_ON = {"parse": boolean, "flag_is_switch": True, "negatable": True}  # --x/--no-x, on by default
 
@@ -66,3 +68,17 @@ HTTP_OPTIONS: tuple[dict[str, Any], ...] = (
         **_SWITCH_ON,
     ),
 )
+
+
+def refuse_for_command(values: Mapping[str, Any]) -> None:
+    """Command mode: these options act in liveswap's Python workers only; a command's server has its
+    own (given to it, not to liveswap), so one given here would silently do nothing."""
+    for name in ("root_path", "forwarded_allow_ips", "proxy_headers", "server_header", "date_header"):
+        value = values[name]
+        if value in ("", True):  # the defaults
+            continue
+        flag = "--" + name.replace("_", "-") if value is not False else "--no-" + name.replace("_", "-")
+        raise ConfigError(
+            f"{flag} is for Python apps: a command's server does not see it",
+            hint=f"give your server its own setting (uvicorn and hypercorn take {flag} too), after the --",
+        )

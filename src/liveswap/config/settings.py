@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ._http_options import refuse_for_command
 from ._parse import MAX_NAME
 from .options import OPTIONS, Option
 
@@ -161,6 +162,7 @@ def _check_together(app: str, values: Mapping[str, Any]) -> None:
 def _check_command(values: Mapping[str, Any]) -> None:
     if values["preload"]:
         raise ConfigError("--preload is for Python apps", hint="a command imports what it needs itself")
+    refuse_for_command(values)
 
 
 def load_settings(
