@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import APPS, MakeInstance
+from conftest import APPS, MakeDevInstance, MakeInstance
 
 from liveswap.config import load_settings
 from liveswap.errors import ConfigError
@@ -60,6 +60,16 @@ def test_no_proxy_headers_root_path_no_server_no_date(liveswap: MakeInstance) ->
     assert scope["client"][0] == "127.0.0.1" and scope["scheme"] == "http"
     assert scope["root_path"] == "/api" and scope["path"] == "/api/x"  # uvicorn's: path includes root_path
     assert "server" not in r.headers and "date" not in r.headers
+
+
+def test_dev_takes_the_same_options(liveswap_dev: MakeDevInstance, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "main.py").write_text((APPS / "scope_echo.py").read_text())
+    inst = liveswap_dev(project, args=["--no-proxy-headers", "--root-path", "/api", "--no-server-header"])
+    scope, r = scope_of(inst.url)
+    assert scope["client"][0] == "127.0.0.1" and scope["root_path"] == "/api" and scope["path"] == "/api/x"
+    assert "server" not in r.headers and "date" in r.headers
 
 
 def test_serve_takes_the_same_options(tmp_path: Any) -> None:
