@@ -37,6 +37,7 @@ KINDS = {
     "django_wsgi": "kinds.django_project.wsgi:application",
     "django_asgi": "kinds.django_project.asgi:application",
 }
+WSGI_KINDS = {"wsgi_func", "flask", "django_wsgi"}
 LIFESPAN_KINDS = {"raw_asgi", "fastapi"}  # the kinds whose test app can fail its lifespan startup
 # As deployed: the framework is imported once by the template (--preload), each worker imports only
 # the app. (Without it, every FastAPI worker imports FastAPI afresh, about 300 ms of CPU per worker.)
@@ -67,8 +68,8 @@ def _read(conn: Connection, what: str, method: str = "GET") -> Response:
     pytest.fail(f"{what}: no complete response: {failure}", pytrace=False)
 
 
-def _start(liveswap: MakeInstance, kind: str, workers: int = 1) -> Instance:
-    args = ["--workers", str(workers)]
+def _start(liveswap: MakeInstance, kind: str, workers: int = 1, threads: int = 1) -> Instance:
+    args = ["--workers", str(workers), "--threads", str(threads)]
     for name in PRELOAD.get(kind, []):
         args += ["--preload", name]
     return liveswap(KINDS[kind], args=args)
@@ -211,8 +212,13 @@ def test_pipelined_requests_in_flight_across_a_reload(liveswap: MakeInstance, ki
 
     ``before``: the 5 requests in one write, before the reload. ``during``: the slow one before the
     reload, the 4 others (one write) once the old worker is draining, still before the slow answer.
+
+    WSGI apps run with ``--threads 2`` here: with ``--threads 1`` the app runs in the loop's own
+    thread, so the old worker takes its Drain only once the slow request returned, and the reload
+    cannot complete while it runs (the premise); ``test_inline_slow_request_across_a_reload`` is
+    that case.
     """
-    inst = _start(liveswap, kind)
+    inst = _start(liveswap, kind, threads=2 if kind in WSGI_KINDS else 1)
     slow, rest = f"/slow?s={SLOW}", ["/"] * (PIPELINED - 1)
     with Connection(inst.host, inst.port, timeout=30.0) as conn:
         mark = inst.mark()
@@ -238,6 +244,23 @@ def test_pipelined_requests_in_flight_across_a_reload(liveswap: MakeInstance, ki
     assert responses[0].status == 200 and responses[0].text == "slow 1\n", (responses[0].status, responses[0].text)
     for resp in responses[1:]:
         assert resp.status == 200 and resp.text in ("version=1\n", "version=2\n"), (resp.status, resp.text)
+
+
+def test_inline_slow_request_across_a_reload(liveswap: MakeInstance) -> None:
+    """``--threads 1``: a slow WSGI request runs in the old worker's loop thread while a reload is
+    asked. The reload completes once it returned; it and the 4 requests pipelined behind it are all
+    answered, and a new connection reaches the new code."""
+    inst = _start(liveswap, "wsgi_func")
+    with Connection(inst.host, inst.port, timeout=30.0) as conn:
+        mark = inst.mark()
+        conn.send(b"".join(conn.request(p) for p in [f"/slow?s={SLOW}", *["/"] * (PIPELINED - 1)]))
+        inst.wait_for("slow request started", timeout=20, start=mark)
+        _reload_to(inst, "2")
+        responses = [_read(conn, f"pipelined request {i + 1} of {PIPELINED}") for i in range(PIPELINED)]
+    assert responses[0].status == 200 and responses[0].text == "slow 1\n", (responses[0].status, responses[0].text)
+    for resp in responses[1:]:
+        assert resp.status == 200 and resp.text in ("version=1\n", "version=2\n"), (resp.status, resp.text)
+    assert all(resp.keep_alive for resp in responses[:-1]), "only the last response may close the connection"
 
 
 # -- d. a storm of SIGHUPs -------------------------------------------------------------------------

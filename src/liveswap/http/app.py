@@ -203,8 +203,12 @@ def detect_interface(app: Any) -> str:
     )
 
 
-def load_app(spec: str, *, factory: bool = False, interface: str = "auto", app_dir: str = ".") -> tuple[ASGIApp, str]:
-    """Import and adapt the app; returns (ASGI 3 app, "asgi" or "wsgi")."""
+def load_app(
+    spec: str, *, factory: bool = False, interface: str = "auto", app_dir: str = ".", wsgi_adapter: str = "native"
+) -> tuple[ASGIApp, str]:
+    """Import and adapt the app; returns (ASGI 3 app, "asgi" or "wsgi"). A WSGI app comes back as a
+    ``NativeWSGI`` (served natively by ``WorkerServer``; ASGI through a2wsgi when wrapped) unless
+    ``wsgi_adapter`` is ``a2wsgi``."""
     app = import_app(spec, app_dir)
     if factory:
         try:
@@ -216,6 +220,10 @@ def load_app(spec: str, *, factory: bool = False, interface: str = "auto", app_d
     if interface == "auto":
         interface = detect_interface(app)
     if interface == "wsgi":
+        if wsgi_adapter == "native":
+            from .wsgi import NativeWSGI
+
+            return NativeWSGI(app), "wsgi"
         from a2wsgi import WSGIMiddleware
 
         return WSGIMiddleware(app), "wsgi"

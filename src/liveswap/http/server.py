@@ -9,6 +9,7 @@ and drain without dropping anything (``drain``). Both ``liveswap run`` workers a
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import socket
 import ssl
@@ -52,6 +53,7 @@ class WorkerServer:
         server_header: bool = True,
         date_header: bool = True,
         root_path: str = "",
+        threads: int = 1,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.sockets = list(sockets)
@@ -85,7 +87,9 @@ class WorkerServer:
         self.health_app = self.config.loaded_app
         self.config.loaded_app = self.access.wrap(self.health_app)
         self.state = ServerState()
-        self.lifespan = Lifespan(self.health_app, lifespan)
+        # A WSGI app as load_app gives it (not wrapped in ASGI middleware): the native WSGI path.
+        self.wsgi = _native_wsgi(app, self.config, threads, root_path, proxy_headers, self.access)
+        self.lifespan = Lifespan(self.health_app, "off" if self.wsgi is not None else lifespan)
         self.servers: list[asyncio.AbstractServer] = []
         self._adopting: set[asyncio.Task[Any]] = set()  # queued connections accepted at a final stop
         self._ticker: asyncio.Task[None] | None = None
@@ -93,8 +97,14 @@ class WorkerServer:
 
     def _protocol(self, _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
         cls: Any = self.config.http_protocol_class
+        extra = {"wsgi": self.wsgi} if self.wsgi is not None else {}
         proto: asyncio.Protocol = cls(
-            config=self.config, server_state=self.state, app_state=self.lifespan.state, _loop=_loop, limits=self.limits
+            config=self.config,
+            server_state=self.state,
+            app_state=self.lifespan.state,
+            _loop=_loop,
+            limits=self.limits,
+            **extra,
         )
         return proto
 
@@ -131,9 +141,10 @@ class WorkerServer:
         ``ssl_context`` (then this returns once the handshake is done)."""
         loop = asyncio.get_running_loop()
 
-        def unlogged() -> asyncio.Protocol:  # health checks never appear in the access log
+        def unlogged() -> asyncio.Protocol:  # health checks never appear in the access log ...
             proto = self._protocol()
-            proto.app = self.health_app  # type: ignore[attr-defined]
+            proto.app = _HealthCheck(self.health_app)  # type: ignore[attr-defined]  # ... nor in the metrics
+            proto.limits = copy.copy(self.limits)  # type: ignore[attr-defined]  # ... nor count for --max-requests
             return proto
 
         await loop.connect_accepted_socket(unlogged, sock, ssl=ssl_context)
@@ -198,6 +209,46 @@ class WorkerServer:
         if self._ticker is not None:
             self._ticker.cancel()
         await self.lifespan.shutdown()
+        if self.wsgi is not None:
+            self.wsgi.close()
+
+
+def _native_wsgi(
+    app: Any, config: uvicorn.Config, threads: int, root_path: str, proxy_headers: bool, access: Any
+) -> Any:
+    """The WSGIRunner for a WSGI app served natively (httptools' parser), else None."""
+    from .wsgi import NativeWSGI
+
+    if not isinstance(app, NativeWSGI):
+        return None
+    from . import protocol
+
+    if config.http_protocol_class is not getattr(protocol, "GuardedHttpToolsProtocol", None):
+        return None  # h11 (--http h11, or httptools not installed): the app's ASGI face (a2wsgi) serves it
+    from .wsgi_protocol import GuardedWSGIProtocol, WSGIRunner
+
+    config.http_protocol_class = GuardedWSGIProtocol
+    config.ws_protocol_class = None  # WSGI has no WebSockets: an upgrade request is a plain request
+    return WSGIRunner(
+        app,
+        threads=threads,
+        root_path=root_path,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=config.forwarded_allow_ips,
+        access=access,
+    )
+
+
+class _HealthCheck:
+    """The app as the supervisor's health check reaches it: its scope says so (``liveswap.health``),
+    so that ``MetricsMiddleware`` does not count it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        scope["liveswap.health"] = True
+        await self.app(scope, receive, send)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

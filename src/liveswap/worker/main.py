@@ -85,7 +85,11 @@ def main() -> int:
             app, kind = dev.error_app(error_page), "error page"
         else:
             app, kind = load_app(
-                settings.app, factory=settings.factory, interface=settings.interface, app_dir=settings.app_dir
+                settings.app,
+                factory=settings.factory,
+                interface=settings.interface,
+                app_dir=settings.app_dir,
+                wsgi_adapter=settings.wsgi_adapter,
             )
     except BaseException as exc:  # noqa: BLE001 - anything the app's import raises is a boot error
         failed = exc
@@ -216,6 +220,7 @@ async def _serve(
         **settings.connection_limits(),
         **settings.http_options(),
         redirect_while_draining=dev is not None,  # dev: what arrives during a reload goes to the new code
+        threads=settings.threads,
         ssl_context=public_tls,
     )
     try:

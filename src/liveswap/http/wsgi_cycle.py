@@ -1,0 +1,496 @@
+"""One WSGI request on the native path: its body read by the loop, the app called once, the response
+framed and written with backpressure.
+
+- The body is collected in memory up to ``SPOOL_BYTES`` and in a temporary file beyond, before the
+  app is called: a slow upload ties up the loop for no longer than it takes to copy what arrived,
+  never the app (gunicorn's sync worker gives the slow client the worker).
+- ``--threads 1``: the app runs in the loop's thread, one request at a time; a response that is a
+  list is written at once, with ``Content-Length``. An iterable is pumped while the transport takes
+  it: when its buffer is full, the pump waits for ``resume_writing`` and the loop serves others.
+- ``--threads N``: the app runs in the pool, one handoff there and one back for a list response;
+  an iterable's chunks are handed over one at a time, the thread waiting while the transport is
+  full, so a large or endless response never fills memory.
+- Framing (PEP 3333 and RFC 9112): the app's ``Content-Length``; else one we compute when the whole
+  body is known; else chunked on HTTP/1.1, or close-delimited on HTTP/1.0. HEAD, 1xx, 204 and 304
+  carry no body. A body shorter or longer than its ``Content-Length`` closes the connection.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .wsgi import close_iterable
+
+__all__ = ["SPOOL_BYTES", "WSGICycle"]
+
+log = logging.getLogger("liveswap.worker")
+
+SPOOL_BYTES = 1024 * 1024  # request bodies beyond this go to a temporary file
+_CHUNKS_PER_TURN = 64  # an iterable's chunks written before the pump lets the loop turn
+_THREAD_INFLIGHT = 256 * 1024  # bytes a thread may hand over before the loop has written them
+
+_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+_500 = (
+    b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error"
+)
+
+
+class _NoEvent:
+    """uvicorn's protocol sets its ASGI cycle's ``message_event`` when the connection is lost."""
+
+    def set(self) -> None:
+        pass
+
+
+def _buffered(result: Any) -> bool:
+    """Whether iterating ``result`` cannot block: a Django response that is not streaming, or a
+    Flask/werkzeug response whose body is a list (werkzeug wraps it in a ClosingIterator whose close
+    callbacks include the response's own). Anything else may be a stream."""
+    if getattr(result, "streaming", None) is False:
+        return True
+    for callback in getattr(result, "_callbacks", ()):
+        owner = getattr(callback, "__self__", None)
+        if owner is not None and getattr(owner, "is_sequence", False) and not getattr(owner, "is_streamed", False):
+            return True
+    return False
+
+
+class WSGICycle:
+    message_event = _NoEvent()
+
+    def __init__(self, proto: Any, environ: dict[str, Any], keep_alive: bool, expect_100: bool) -> None:
+        self.proto = proto
+        self.environ = environ
+        self.keep_alive = keep_alive
+        self.expect_100 = expect_100
+        self.special: bytes | None = None
+        self.active = False
+        self.more_body = True  # the request body is still arriving
+        self.body = bytearray()
+        self.spool: Any = None
+        self.disconnected = False
+        # The response, as the app gives it.
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.response_started = False  # the head went out
+        self.response_complete = False
+        self.head_only = environ["REQUEST_METHOD"] == "HEAD"
+        self.no_body = False
+        self.chunked = False
+        self.remaining: int | None = None  # bytes still owed to the Content-Length
+        self.result: Any = None
+        self.iterator: Iterator[bytes] | None = None
+        self.thread = False
+        self.handed = False  # the thread handed a write over: the loop may not write a whole body
+        self.inflight = 0
+        self.cond: threading.Condition | None = None
+        self.code = 0  # the status sent
+        self.started = 0.0  # when the head was parsed (only with the access log on)
+
+    # The request --------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self.spool is not None:
+            self.spool.write(data)
+            return
+        self.body += data
+        if len(self.body) > SPOOL_BYTES:
+            self.spool = tempfile.TemporaryFile()
+            self.spool.write(self.body)
+            self.body = bytearray()
+
+    def activate(self) -> None:
+        """This request is the connection's current one: answer it once its body is complete."""
+        if self.disconnected or self.response_complete:
+            return
+        self.active = True
+        if self.special is not None:
+            self._answer_special(self.special)
+            return
+        if self.more_body and self.expect_100:
+            self.proto.transport.write(_100)
+        if not self.more_body:
+            self.run()
+
+    def run(self) -> None:
+        if self.special is not None:
+            self._answer_special(self.special)
+            return
+        if self.disconnected or self.response_complete:
+            return
+        environ = self.environ
+        if "wsgi.input" not in environ:  # (else it waited for a stream to end: its input is ready)
+            if self.spool is not None:
+                length = self.spool.tell()
+                self.spool.seek(0)
+                environ["wsgi.input"] = self.spool
+            else:
+                length = len(self.body)
+                environ["wsgi.input"] = io.BytesIO(self.body)
+            if length or "CONTENT_LENGTH" in environ:
+                environ["CONTENT_LENGTH"] = str(length)  # a chunked body too: its length is known now
+        runner = self.proto.runner
+        if runner.pool is not None:  # --threads N: the app and its iterable in the pool
+            self._to_thread(runner.pool, self._in_thread)
+            return
+        if runner.streaming is not None:  # one request at a time: wait for the stream in progress
+            runner.waiting.append(self)
+            return
+        try:
+            result = runner.app(environ, self.start_response)
+        except BaseException as exc:  # noqa: BLE001 - the app's error becomes a 500, not ours
+            self._failed(exc)
+            return
+        if (type(result) is list or type(result) is tuple) and not self.response_started:
+            try:
+                body = result[0] if len(result) == 1 else b"".join(result)
+            except BaseException as exc:  # noqa: BLE001
+                self._failed(exc)
+                return
+            self._whole(body)
+            return
+        self.result = result
+        if not _buffered(result):
+            # A generator may block between chunks (a stream, server-sent events): it goes on in the
+            # worker's stream thread, so that the loop keeps turning (drains, health, slow clients).
+            runner.streaming = self
+            self._to_thread(runner.stream_pool(), self._iterate)
+            return
+        try:
+            self.iterator = iter(result)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+            return
+        self._pump()
+
+    def _to_thread(self, pool: Any, work: Callable[[], None]) -> None:
+        self.thread = True
+        self.cond = threading.Condition()
+        pool.submit(work)
+
+    def _answer_special(self, answer: bytes) -> None:
+        transport = self.proto.transport
+        if answer == b"307":  # dev: a request that reached old code while it drains goes to the new
+            path = self.environ["SCRIPT_NAME"] + self.environ["PATH_INFO"]
+            target = path.encode("latin-1") + (
+                b"?" + self.environ["QUERY_STRING"].encode("latin-1") if self.environ["QUERY_STRING"] else b""
+            )
+            answer = (
+                b"HTTP/1.1 307 Temporary Redirect\r\nlocation: "
+                + target
+                + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+        transport.write(answer)
+        self.code = int(answer[9:12])
+        self.keep_alive = False
+        self.response_started = True
+        self._complete()
+
+    # What the app calls -------------------------------------------------------------------------
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.response_started or self.handed:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise RuntimeError("start_response was called a second time without exc_info (PEP 3333)")
+        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+            raise ValueError(f"invalid status {status!r}: a str like '200 OK' (PEP 3333)")
+        self.status = status
+        self.headers = headers
+        return self._write
+
+    def _write(self, data: bytes) -> None:
+        """PEP 3333's ``write()`` callable."""
+        if self.thread:
+            self._thread_write(data)
+        else:
+            self._send(data)
+
+    # The response -------------------------------------------------------------------------------
+
+    def _head(self, length: int | None) -> bytes:
+        status = self.status
+        if status is None:
+            raise RuntimeError("the app returned without calling start_response")
+        code = self.code = int(status[:3])
+        parts = [b"HTTP/1.1 ", status.encode("latin-1"), b"\r\n"]
+        for name, value in self.proto.server_state.default_headers:
+            parts += [name, b": ", value, b"\r\n"]
+        declared = None
+        close = False
+        for name, value in self.headers:
+            lower = name.lower()
+            if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
+                raise ValueError(f"invalid response header {name!r}: {value!r}")
+            if lower == "content-length":
+                declared = int(value)
+            elif lower == "connection":
+                close = "close" in value.lower()
+                self.keep_alive = self.keep_alive and not close
+            elif lower == "transfer-encoding":
+                continue  # hop-by-hop, ours to choose (PEP 3333 forbids it to the app)
+            parts += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
+        self.no_body = self.head_only or code < 200 or code in (204, 304)
+        if declared is not None:
+            self.remaining = 0 if self.no_body else declared
+        elif length is not None and code >= 200 and code not in (204, 304):
+            parts += [b"content-length: ", str(length).encode(), b"\r\n"]
+            self.remaining = 0 if self.no_body else length
+        elif not self.no_body:
+            if self.environ["SERVER_PROTOCOL"] == "HTTP/1.1":
+                self.chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # the end of the body is the end of the connection
+        if not self.keep_alive and not close:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self.response_started = True
+        return b"".join(parts)
+
+    def _whole(self, body: bytes) -> None:
+        try:
+            head = self._head(len(body))
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+            return
+        if self.no_body:
+            self.proto.transport.write(head)
+        elif self.remaining == len(body):
+            self.proto.transport.write(head + body)
+        else:
+            self._mismatch(head, body)
+            return
+        self.remaining = 0
+        self._complete()
+
+    def _mismatch(self, head: bytes, body: bytes) -> None:
+        log.error(
+            "WSGI app %s: body of %d bytes against a Content-Length of %d; closing the connection",
+            self.environ["PATH_INFO"],
+            len(body),
+            self.remaining,
+        )
+        self.proto.transport.write(head + body[: self.remaining])
+        self.proto.transport.close()
+        self.keep_alive = False
+        self._complete()
+
+    def _send(self, data: bytes) -> None:
+        """Write one chunk of the body (the loop's thread)."""
+        if self.disconnected or self.response_complete:
+            return
+        head = b"" if self.response_started else self._head(None)
+        if self.no_body or not data:
+            if head:
+                self.proto.transport.write(head)
+            return
+        if self.chunked:
+            self.proto.transport.write(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
+        elif self.remaining is not None:
+            if len(data) > self.remaining:
+                raise ValueError(f"response longer than its Content-Length ({self.environ['PATH_INFO']})")
+            self.remaining -= len(data)
+            self.proto.transport.write(head + data if head else data)
+        else:
+            self.proto.transport.write(head + data if head else data)
+
+    def _pump(self) -> None:
+        """Write the iterable while the transport takes it; park when it is full."""
+        iterator = self.iterator
+        assert iterator is not None
+        flow = self.proto.flow
+        try:
+            for _ in range(_CHUNKS_PER_TURN):
+                if self.disconnected:
+                    self._close_result()
+                    return
+                if flow.write_paused:
+                    self.proto.writer = self._pump
+                    return
+                try:
+                    chunk = next(iterator)
+                except StopIteration:
+                    self._end()
+                    return
+                self._send(chunk)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+            return
+        self.proto.loop.call_soon(self._pump)
+
+    def _end(self) -> None:
+        try:
+            if not self.response_started:
+                self.proto.transport.write(self._head(0))
+            if self.chunked:
+                self.proto.transport.write(b"0\r\n\r\n")
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+            return
+        if self.remaining:
+            log.error(
+                "WSGI app %s: body %d bytes shorter than its Content-Length; closing the connection",
+                self.environ["PATH_INFO"],
+                self.remaining,
+            )
+            self.proto.transport.close()
+            self.keep_alive = False
+        self._close_result()
+        self._complete()
+
+    def _close_result(self) -> None:
+        result, self.result = self.result, None
+        if result is not None and not self.thread:
+            try:
+                close_iterable(result)
+            except BaseException as exc:  # noqa: BLE001
+                log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        log.error(
+            "Exception in WSGI application (%s %s)",
+            self.environ["REQUEST_METHOD"],
+            self.environ["PATH_INFO"],
+            exc_info=exc,
+        )
+        self._close_result()
+        if self.response_complete:
+            return
+        if not self.response_started and not self.disconnected:
+            self.proto.transport.write(_500)
+            self.code = 500
+            self.response_started = True
+        self.proto.transport.close()  # a response already begun cannot be taken back: cut it
+        self.keep_alive = False
+        self._complete()
+
+    def _complete(self) -> None:
+        if self.response_complete:
+            return
+        self.response_complete = True
+        if self.proto.access is not None:
+            self._log_access()
+        self.body = bytearray()
+        if self.spool is not None:
+            self.spool.close()
+        if not self.keep_alive:
+            self.proto.transport.close()
+        runner = self.proto.runner
+        if runner.streaming is self:
+            runner.streaming = None
+            if runner.waiting:
+                self.proto.loop.call_soon(runner.next_waiting)
+        self.proto.on_response_complete()
+
+    def _log_access(self) -> None:
+        env = self.environ
+        code = self.code
+        client = f"{env['REMOTE_ADDR']}:{env.get('REMOTE_PORT', '')}" if env["REMOTE_ADDR"] else "-"
+        path = env["SCRIPT_NAME"] + env["PATH_INFO"]
+        duration = time.perf_counter() - self.started
+        self.proto.access.log(
+            client, env["REQUEST_METHOD"], path, env["QUERY_STRING"], env["SERVER_PROTOCOL"][5:], code, duration
+        )
+
+    def lost(self) -> None:
+        """The client went away before the response completed."""
+        self.disconnected = True
+        if self.cond is not None:
+            with self.cond:
+                self.cond.notify_all()
+        elif self.iterator is not None and self.proto.writer == self._pump:
+            self.proto.writer = None
+            self._close_result()
+        if not self.thread:
+            self.response_complete = True
+
+    # --threads N ---------------------------------------------------------------------------------
+
+    def _in_thread(self) -> None:
+        loop = self.proto.loop
+        result: Any = None
+        try:
+            result = self.proto.runner.app(self.environ, self.start_response)
+            if type(result) is list and not self.handed:
+                body = result[0] if len(result) == 1 else b"".join(result)
+                loop.call_soon_threadsafe(self._whole, body)
+                return
+            for chunk in result:
+                if self.disconnected:
+                    break
+                if chunk:
+                    self._thread_write(chunk)
+            loop.call_soon_threadsafe(self._end)
+        except BaseException as exc:  # noqa: BLE001
+            loop.call_soon_threadsafe(self._failed, exc)
+        finally:
+            if result is not None and type(result) is not list:
+                try:
+                    close_iterable(result)
+                except BaseException as exc:  # noqa: BLE001
+                    log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
+
+    def _iterate(self) -> None:
+        """The stream thread: the rest of a response the app already returned."""
+        loop = self.proto.loop
+        result = self.result
+        try:
+            for chunk in result:
+                if self.disconnected:
+                    break
+                if chunk:
+                    self._thread_write(chunk)
+            loop.call_soon_threadsafe(self._end)
+        except BaseException as exc:  # noqa: BLE001
+            loop.call_soon_threadsafe(self._failed, exc)
+        finally:
+            try:
+                close_iterable(result)
+            except BaseException as exc:  # noqa: BLE001
+                log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
+
+    def _thread_write(self, data: bytes) -> None:
+        """The thread's write: hand the chunk to the loop, waiting while the transport is full."""
+        cond = self.cond
+        assert cond is not None
+        self.handed = True
+        with cond:
+            while not self.disconnected and (self.inflight > _THREAD_INFLIGHT or self.proto.flow.write_paused):
+                cond.wait(0.5)
+            if self.disconnected:
+                return
+            self.inflight += len(data)
+        self.proto.loop.call_soon_threadsafe(self._written, data)
+
+    def _written(self, data: bytes) -> None:
+        try:
+            self._send(data)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+        cond = self.cond
+        assert cond is not None
+        with cond:
+            self.inflight -= len(data)
+            cond.notify_all()
+        if self.proto.flow.write_paused:
+            self.proto.writer = self._wake
+
+    def _wake(self) -> None:
+        cond = self.cond
+        if cond is not None:
+            with cond:
+                cond.notify_all()

@@ -1,0 +1,229 @@
+"""The native WSGI path's protocol: uvicorn's httptools parser with our guards, no ASGI in between.
+
+``GuardedWSGIProtocol`` is ``GuardedHttpToolsProtocol`` (the same parser, header timeout, 431,
+connection limit, keep-alive and the drain that keeps every promise, from ``protocol.py``) with
+the request cycle replaced: instead of an ASGI task per request, a :class:`~.wsgi_cycle.WSGICycle`
+collects the body in the loop and calls the app once it is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httptools
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .protocol import _Guard, _HeadCheck, _ToNewCode
+from .wsgi import NativeWSGI, environ_base, header_key, path_info
+from .wsgi_cycle import WSGICycle
+
+__all__ = ["GuardedWSGIProtocol", "WSGIRunner"]
+
+
+async def _capture(scope: Any, receive: Any, send: Any) -> None:
+    return None
+
+
+class WSGIRunner:
+    """What the connections of one server share: the app, the thread pool, the trusted proxies."""
+
+    def __init__(
+        self,
+        app: NativeWSGI,
+        *,
+        threads: int = 1,
+        root_path: str = "",
+        proxy_headers: bool = True,
+        forwarded_allow_ips: str | list[str] | None = None,
+        access: Any = None,
+    ) -> None:
+        self.app = app.app
+        self.access = access if access is not None and access.enabled else None
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="liveswap-wsgi") if threads > 1 else None
+        # --threads 1: the request whose response streams from the stream thread, and the requests
+        # waiting for it to end (one request at a time, as gunicorn's sync worker).
+        self.streaming: Any = None
+        self.waiting: deque[Any] = deque()
+        self._stream_pool: ThreadPoolExecutor | None = None
+        self.root_path = root_path.rstrip("/")
+        trusted = forwarded_allow_ips if forwarded_allow_ips is not None else "127.0.0.1"
+        self.proxy = ProxyHeadersMiddleware(_capture, trusted_hosts=trusted) if proxy_headers else None
+
+    def forwarded(self, client: Any, scheme: str, headers: list[tuple[bytes, bytes]]) -> tuple[Any, str]:
+        """(client, scheme) as uvicorn's ProxyHeadersMiddleware sets them: it is run as it is (it
+        awaits nothing before calling its app), so both paths trust the same hosts the same way."""
+        scope: dict[str, Any] = {"type": "http", "client": client, "scheme": scheme, "headers": headers}
+        coro = self.proxy(scope, None, None)  # type: ignore[misc,arg-type]
+        try:
+            coro.send(None)
+        except StopIteration:
+            return scope["client"], scope["scheme"]
+        coro.close()  # pragma: no cover - a future uvicorn whose middleware awaits
+        return client, scheme
+
+    def stream_pool(self) -> ThreadPoolExecutor:
+        if self._stream_pool is None:
+            self._stream_pool = ThreadPoolExecutor(1, thread_name_prefix="liveswap-stream")
+        return self._stream_pool
+
+    def next_waiting(self) -> None:
+        """The stream ended: the requests that waited run, in order, until one streams again."""
+        while self.waiting and self.streaming is None:
+            cycle = self.waiting.popleft()
+            if not cycle.disconnected and not cycle.response_complete:
+                cycle.run()
+
+    def close(self) -> None:
+        for pool in (self.pool, self._stream_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+
+_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 19\r\n"
+    b"connection: close\r\n\r\nService Unavailable"
+)
+_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 33\r\nconnection: close\r\n\r\nRequest header fields too large."
+)
+
+
+class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
+    _base_data_received = HttpToolsProtocol.data_received
+    cycle: Any
+
+    def __init__(self, *args: Any, limits: Any, wsgi: WSGIRunner, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.runner = wsgi
+        self.plain_app = self.app  # the guards swap self.app for a wrapper in the rare cases
+        self.writer: Any = None  # a response waiting for the transport to take more
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        base = environ_base(self.server, self.runner.root_path, self.runner.pool is not None)
+        base["wsgi.url_scheme"] = self.scheme
+        if self.client:
+            base["REMOTE_ADDR"] = self.client[0]
+            base["REMOTE_PORT"] = str(self.client[1])
+        else:  # a Unix socket
+            base["REMOTE_ADDR"] = ""
+        self.base = base
+        # The access log, but never for the supervisor's health checks (served with another app).
+        self.access = self.runner.access if self.app is self.plain_app else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            cycle.lost()
+        for queued, _ in self.pipeline:
+            queued.disconnected = True
+        self.pipeline.clear()
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+
+    def on_headers_complete(self) -> None:
+        if self.transport.is_closing():
+            return  # pipelined behind a response that closed the connection: never started
+        parser = self.parser
+        version = parser.get_http_version()
+        method = parser.get_method().decode("ascii")
+        url = httptools.parse_url(self.url)
+        environ = self.base.copy()
+        environ["REQUEST_METHOD"] = method
+        environ["SERVER_PROTOCOL"] = "HTTP/" + version
+        environ["PATH_INFO"] = path_info(url.path, self.runner.root_path)
+        environ["QUERY_STRING"] = url.query.decode("latin-1") if url.query else ""
+        proxied = False
+        for name, value in self.headers:
+            key = header_key(name)
+            if key is None:
+                continue
+            text = value.decode("latin-1")
+            if key in environ:
+                if key[0] == "H" or key[0] == "C":  # a repeated header; SERVER_* etc. cannot be named
+                    environ[key] += "," + text
+            else:
+                environ[key] = text
+            if name.startswith(b"x-forwarded-"):
+                proxied = True
+        if proxied and self.runner.proxy is not None:
+            client, scheme = self.runner.forwarded(self.client, self.scheme or "http", self.headers)
+            if client:
+                environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1] or 0)
+            environ["wsgi.url_scheme"] = scheme
+        keep_alive = version != "1.0" and parser.should_keep_alive()
+        cycle = WSGICycle(self, environ, keep_alive, self.expect_100_continue)
+        special = None
+        app = self.app
+        if app is not self.plain_app:
+            if isinstance(app, _HeadCheck):
+                size = len(self.url) + 16 + sum(len(n) + len(v) + 4 for n, v in self.headers)
+                if size > self.limits.max_header_bytes:
+                    self.limits.oversized_headers += 1
+                    special = _431
+            elif isinstance(app, _ToNewCode):
+                special = b"307"
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            special = _503
+        cycle.special = special
+        if self.access is not None:
+            cycle.started = time.perf_counter()
+        existing = self.cycle
+        self.cycle = cycle
+        if self.limits.draining:
+            self._close_after(cycle)  # before the app runs: its response says Connection: close
+        if existing is None or existing.response_complete:
+            cycle.activate()
+        else:  # pipelined behind a response in progress
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, None))  # type: ignore[arg-type]  # ours, not an ASGI cycle
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # The next pipelined request, once the one before it completed: started on the next turn of
+        # the loop rather than inside that completion (no recursion through a long pipeline).
+        self.loop.call_soon(cycle.activate)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.feed(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.more_body:
+            return
+        cycle.more_body = False
+        if not cycle.active:
+            return
+        if self.limits.draining:
+            # Requests pipelined behind this one in the same read are parsed first, so the last of
+            # them takes the Connection: close mark (protocol.py) and every one is answered.
+            self.loop.call_soon(cycle.run)
+        else:
+            cycle.run()
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer()
+
+
+def is_native(app: Any) -> bool:
+    return isinstance(app, NativeWSGI)
