@@ -1,16 +1,14 @@
 """One WSGI request on the native path: its body read by the loop, the app called once, the response
 framed and written with backpressure.
 
-- The body is collected in memory up to ``SPOOL_BYTES`` and in a temporary file beyond, before the
-  app is called: a slow upload ties up the loop for no longer than it takes to copy what arrived,
-  never the app (gunicorn's sync worker gives the slow client the worker).
-- ``--threads 1``: the app runs in the loop's thread, one request at a time; a response that is a
-  list is written at once, with ``Content-Length``. An iterable is pumped while the transport takes
-  it: when its buffer is full, the pump waits for ``resume_writing`` and the loop serves others.
-- ``--threads N``: the app runs in the pool, one handoff there and one back for a list response;
-  an iterable's chunks are handed over one at a time, the thread waiting while the transport is
-  full, so a large or endless response never fills memory.
-- Framing (PEP 3333 and RFC 9112): the app's ``Content-Length``; else one we compute when the whole
+- The body is kept in memory up to ``SPOOL_BYTES``, in a temporary file beyond, before the app is
+  called: a slow upload never ties up the app (gunicorn's sync worker gives it the worker).
+- ``--threads 1``: the app runs in the loop's thread, one request at a time. A list, or a Django or
+  Flask response with a buffered body, is written at once (a list with ``Content-Length``), pumped
+  while the transport takes it; any other iterable may block between chunks (a stream): it goes on
+  in the stream thread (``wsgi_threads.py``) and the next requests wait for it to end.
+- ``--threads N``: the app and its iterable run in the pool (``wsgi_threads.py``).
+- Framing (PEP 3333, RFC 9112): the app's ``Content-Length``; else one we compute when the whole
   body is known; else chunked on HTTP/1.1, or close-delimited on HTTP/1.0. HEAD, 1xx, 204 and 304
   carry no body. A body shorter or longer than its ``Content-Length`` closes the connection.
 """
@@ -26,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .wsgi import close_iterable
+from .wsgi_threads import ThreadedResponse, buffered
 
 __all__ = ["SPOOL_BYTES", "WSGICycle"]
 
@@ -33,7 +32,6 @@ log = logging.getLogger("liveswap.worker")
 
 SPOOL_BYTES = 1024 * 1024  # request bodies beyond this go to a temporary file
 _CHUNKS_PER_TURN = 64  # an iterable's chunks written before the pump lets the loop turn
-_THREAD_INFLIGHT = 256 * 1024  # bytes a thread may hand over before the loop has written them
 
 _100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 _500 = (
@@ -49,20 +47,7 @@ class _NoEvent:
         pass
 
 
-def _buffered(result: Any) -> bool:
-    """Whether iterating ``result`` cannot block: a Django response that is not streaming, or a
-    Flask/werkzeug response whose body is a list (werkzeug wraps it in a ClosingIterator whose close
-    callbacks include the response's own). Anything else may be a stream."""
-    if getattr(result, "streaming", None) is False:
-        return True
-    for callback in getattr(result, "_callbacks", ()):
-        owner = getattr(callback, "__self__", None)
-        if owner is not None and getattr(owner, "is_sequence", False) and not getattr(owner, "is_streamed", False):
-            return True
-    return False
-
-
-class WSGICycle:
+class WSGICycle(ThreadedResponse):
     message_event = _NoEvent()
 
     def __init__(self, proto: Any, environ: dict[str, Any], keep_alive: bool, expect_100: bool) -> None:
@@ -157,7 +142,7 @@ class WSGICycle:
             self._whole(body)
             return
         self.result = result
-        if not _buffered(result):
+        if not buffered(result):
             # A generator may block between chunks (a stream, server-sent events): it goes on in the
             # worker's stream thread, so that the loop keeps turning (drains, health, slow clients).
             runner.streaming = self
@@ -169,11 +154,6 @@ class WSGICycle:
             self._failed(exc)
             return
         self._pump()
-
-    def _to_thread(self, pool: Any, work: Callable[[], None]) -> None:
-        self.thread = True
-        self.cond = threading.Condition()
-        pool.submit(work)
 
     def _answer_special(self, answer: bytes) -> None:
         transport = self.proto.transport
@@ -417,80 +397,3 @@ class WSGICycle:
             self._close_result()
         if not self.thread:
             self.response_complete = True
-
-    # --threads N ---------------------------------------------------------------------------------
-
-    def _in_thread(self) -> None:
-        loop = self.proto.loop
-        result: Any = None
-        try:
-            result = self.proto.runner.app(self.environ, self.start_response)
-            if type(result) is list and not self.handed:
-                body = result[0] if len(result) == 1 else b"".join(result)
-                loop.call_soon_threadsafe(self._whole, body)
-                return
-            for chunk in result:
-                if self.disconnected:
-                    break
-                if chunk:
-                    self._thread_write(chunk)
-            loop.call_soon_threadsafe(self._end)
-        except BaseException as exc:  # noqa: BLE001
-            loop.call_soon_threadsafe(self._failed, exc)
-        finally:
-            if result is not None and type(result) is not list:
-                try:
-                    close_iterable(result)
-                except BaseException as exc:  # noqa: BLE001
-                    log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
-
-    def _iterate(self) -> None:
-        """The stream thread: the rest of a response the app already returned."""
-        loop = self.proto.loop
-        result = self.result
-        try:
-            for chunk in result:
-                if self.disconnected:
-                    break
-                if chunk:
-                    self._thread_write(chunk)
-            loop.call_soon_threadsafe(self._end)
-        except BaseException as exc:  # noqa: BLE001
-            loop.call_soon_threadsafe(self._failed, exc)
-        finally:
-            try:
-                close_iterable(result)
-            except BaseException as exc:  # noqa: BLE001
-                log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
-
-    def _thread_write(self, data: bytes) -> None:
-        """The thread's write: hand the chunk to the loop, waiting while the transport is full."""
-        cond = self.cond
-        assert cond is not None
-        self.handed = True
-        with cond:
-            while not self.disconnected and (self.inflight > _THREAD_INFLIGHT or self.proto.flow.write_paused):
-                cond.wait(0.5)
-            if self.disconnected:
-                return
-            self.inflight += len(data)
-        self.proto.loop.call_soon_threadsafe(self._written, data)
-
-    def _written(self, data: bytes) -> None:
-        try:
-            self._send(data)
-        except BaseException as exc:  # noqa: BLE001
-            self._failed(exc)
-        cond = self.cond
-        assert cond is not None
-        with cond:
-            self.inflight -= len(data)
-            cond.notify_all()
-        if self.proto.flow.write_paused:
-            self.proto.writer = self._wake
-
-    def _wake(self) -> None:
-        cond = self.cond
-        if cond is not None:
-            with cond:
-                cond.notify_all()

@@ -1,0 +1,134 @@
+"""The native WSGI path's threads: ``--threads N`` runs the app in a pool, and with ``--threads 1`` a
+response that may block between chunks (a generator: a stream, server-sent events) is iterated in
+the worker's one stream thread, so that the event loop keeps turning.
+
+Chunks cross to the loop one at a time; a thread waits while the transport is full or while more
+than ``_THREAD_INFLIGHT`` bytes it handed over are not written yet, so a large or endless response
+never fills memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .wsgi import close_iterable
+
+__all__ = ["ThreadedResponse", "buffered"]
+
+log = logging.getLogger("liveswap.worker")
+
+_THREAD_INFLIGHT = 256 * 1024  # bytes a thread may hand over before the loop has written them
+
+
+def buffered(result: Any) -> bool:
+    """Whether iterating ``result`` cannot block: a Django response that is not streaming, or a
+    Flask/werkzeug response whose body is a list (werkzeug wraps it in a ClosingIterator whose close
+    callbacks include the response's own). Anything else may be a stream."""
+    if getattr(result, "streaming", None) is False:
+        return True
+    for callback in getattr(result, "_callbacks", ()):
+        owner = getattr(callback, "__self__", None)
+        if owner is not None and getattr(owner, "is_sequence", False) and not getattr(owner, "is_streamed", False):
+            return True
+    return False
+
+
+class ThreadedResponse:
+    """The thread side of :class:`~.wsgi_cycle.WSGICycle` (a mixin: the loop side is there)."""
+
+    proto: Any
+    environ: dict[str, Any]
+    result: Any
+    thread: bool
+    handed: bool
+    inflight: int
+    disconnected: bool
+    cond: threading.Condition | None
+    start_response: Callable[..., Any]
+    _whole: Callable[[bytes], None]
+    _end: Callable[[], None]
+    _failed: Callable[[BaseException], None]
+    _send: Callable[[bytes], None]
+
+    def _to_thread(self, pool: Any, work: Callable[[], None]) -> None:
+        self.thread = True
+        self.cond = threading.Condition()
+        pool.submit(work)
+
+    def _in_thread(self) -> None:
+        loop = self.proto.loop
+        result: Any = None
+        try:
+            result = self.proto.runner.app(self.environ, self.start_response)
+            if type(result) is list and not self.handed:
+                body = result[0] if len(result) == 1 else b"".join(result)
+                loop.call_soon_threadsafe(self._whole, body)
+                return
+            for chunk in result:
+                if self.disconnected:
+                    break
+                if chunk:
+                    self._thread_write(chunk)
+            loop.call_soon_threadsafe(self._end)
+        except BaseException as exc:  # noqa: BLE001
+            loop.call_soon_threadsafe(self._failed, exc)
+        finally:
+            if result is not None and type(result) is not list:
+                try:
+                    close_iterable(result)
+                except BaseException as exc:  # noqa: BLE001
+                    log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
+
+    def _iterate(self) -> None:
+        """The stream thread: the rest of a response the app already returned."""
+        loop = self.proto.loop
+        result = self.result
+        try:
+            for chunk in result:
+                if self.disconnected:
+                    break
+                if chunk:
+                    self._thread_write(chunk)
+            loop.call_soon_threadsafe(self._end)
+        except BaseException as exc:  # noqa: BLE001
+            loop.call_soon_threadsafe(self._failed, exc)
+        finally:
+            try:
+                close_iterable(result)
+            except BaseException as exc:  # noqa: BLE001
+                log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
+
+    def _thread_write(self, data: bytes) -> None:
+        """The thread's write: hand the chunk to the loop, waiting while the transport is full."""
+        cond = self.cond
+        assert cond is not None
+        self.handed = True
+        with cond:
+            while not self.disconnected and (self.inflight > _THREAD_INFLIGHT or self.proto.flow.write_paused):
+                cond.wait(0.5)
+            if self.disconnected:
+                return
+            self.inflight += len(data)
+        self.proto.loop.call_soon_threadsafe(self._written, data)
+
+    def _written(self, data: bytes) -> None:
+        try:
+            self._send(data)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+        cond = self.cond
+        assert cond is not None
+        with cond:
+            self.inflight -= len(data)
+            cond.notify_all()
+        if self.proto.flow.write_paused:
+            self.proto.writer = self._wake
+
+    def _wake(self) -> None:
+        cond = self.cond
+        if cond is not None:
+            with cond:
+                cond.notify_all()
