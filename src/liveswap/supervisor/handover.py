@@ -25,7 +25,7 @@ log = logging.getLogger("liveswap.supervisor")
 async def give(sup: Supervisor, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> dict[str, Any] | None:
     """The running instance's side: send the sockets, keep serving until the new instance says it
     serves too ("release"), then drain and exit; if it gives up, go on serving."""
-    if sup.stopping:
+    if sup.stopping or sup.termination.stop_asked:  # (asked to stop: in --shutdown-delay)
         return {"ok": False, "error": "the instance is stopping"}
     if sup.handing_over:
         return {"ok": False, "error": "another takeover is in progress", "hint": "wait for it to end"}

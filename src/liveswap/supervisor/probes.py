@@ -74,11 +74,8 @@ class Termination:
         try:
             [listener] = bind_all([text])
         except BindError as exc:
-            raise BindError(
-                f"--probe-bind {exc.message}",
-                hint=f"choose a free port for the probes (not one of --bind): --probe-bind 0.0.0.0:8081"
-                f"{'' if not exc.hint else '; ' + exc.hint}",
-            ) from None
+            hint = exc.hint.replace("--bind", "--probe-bind") if exc.hint else None
+            raise BindError(f"--probe-bind {exc.message}", hint=hint) from None
         self._sock = listener.sock
         self.address = describe(self._sock)
         self._server = await asyncio.start_server(self._serve, sock=self._sock, limit=MAX_HEAD)

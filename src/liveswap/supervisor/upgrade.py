@@ -54,7 +54,7 @@ def _refusal(sup: Supervisor) -> dict[str, Any] | None:
 
     if sup.dev is not None:
         return no("liveswap dev does not upgrade in place", "stop it and start it again")
-    if sup.stopping:
+    if sup.stopping or sup.termination.stop_asked:  # (asked to stop: in --shutdown-delay)
         return no("the instance is stopping", "start it again instead")
     if sup.settings.proxy:
         return no(
