@@ -21,6 +21,7 @@ from .config import option
 from .errors import ConfigError
 from .group import Group
 from .http.app import detect_interface, load_app
+from .http.wsgi import NativeWSGI
 from .http.server import StartupFailed, WorkerServer, new_event_loop
 from .sockets import Listener, bind_all, close_all, describe, inherit_listen_fds
 
@@ -59,6 +60,7 @@ def serve(
     root_path: str = "",
     server_header: bool = True,
     date_header: bool = True,
+    threads: int = 1,
 ) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then drain and return.
 
@@ -71,6 +73,9 @@ def serve(
     Durations (``header_timeout``, ``keepalive_timeout``, ``shutdown_timeout``, ``idle_grace``) take
     seconds or the CLI's strings (``"500ms"``, ``"5s"``, ``"2m"``); every limit is checked as the CLI
     checks its option, and a bad value raises ConfigError before anything is bound.
+
+    A WSGI app is served natively (see ``liveswap run --threads``): ``threads=1`` calls it in the
+    event loop's thread, one request at a time; ``threads=N`` in a pool of N threads.
 
     Behind a proxy, ``proxy_headers``, ``forwarded_allow_ips``, ``root_path``, ``server_header`` and
     ``date_header`` mean what they mean to ``uvicorn.run`` (and ``liveswap run``'s flags of the same
@@ -98,6 +103,7 @@ def serve(
     )
     drain_timeout = _checked("drain_timeout", shutdown_timeout, arg="shutdown_timeout")
     interface = _checked("interface", interface)
+    threads = _checked("threads", threads)
     if log_level is not None:
         log_level = _checked("log_level", log_level)
     log_format = _checked("log_format", log_format)
@@ -120,12 +126,7 @@ def serve(
         if factory:
             app = app()
         kind = detect_interface(app) if interface == "auto" else interface
-        if kind == "wsgi":
-            from a2wsgi import WSGIMiddleware
-
-            asgi = WSGIMiddleware(app)
-        else:
-            asgi = app
+        asgi = NativeWSGI(app) if kind == "wsgi" else app
     metrics = None
     if debug:  # requests are counted for the debug server's /metrics; without it, nothing to pay for
         from .debug import Metrics, MetricsMiddleware
@@ -141,7 +142,7 @@ def serve(
         listeners,
         metrics,
         group,
-        dict(limits, **http, access_log=access_log, lifespan=lifespan),
+        dict(limits, **http, access_log=access_log, lifespan=lifespan, threads=threads),
         shutdown_timeout=drain_timeout,
         debug=(debug, debug_token, debug_allow_public),
     )

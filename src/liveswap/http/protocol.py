@@ -61,7 +61,7 @@ _408 = (
 )
 _431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 33\r\nconnection: close\r\n\r\nRequest header fields too large."
+    b"content-length: 32\r\nconnection: close\r\n\r\nRequest header fields too large."
 )
 
 

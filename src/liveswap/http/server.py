@@ -219,6 +219,9 @@ def _native_wsgi(
     """The WSGIRunner for a WSGI app served natively (httptools' parser), else None."""
     from .wsgi import NativeWSGI
 
+    metrics = None
+    if type(app).__name__ == "MetricsMiddleware" and isinstance(getattr(app, "app", None), NativeWSGI):
+        metrics, app = app.metrics, app.app  # the debug server's request metrics: counted natively
     if not isinstance(app, NativeWSGI):
         return None
     from . import protocol
@@ -236,6 +239,7 @@ def _native_wsgi(
         proxy_headers=proxy_headers,
         forwarded_allow_ips=config.forwarded_allow_ips,
         access=access,
+        metrics=metrics,
     )
 
 

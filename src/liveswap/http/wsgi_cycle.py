@@ -19,11 +19,10 @@ import io
 import logging
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .wsgi import close_iterable
+from .wsgi import FileWrapper, close_iterable
 from .wsgi_threads import ThreadedResponse, buffered
 
 __all__ = ["SPOOL_BYTES", "WSGICycle"]
@@ -77,7 +76,7 @@ class WSGICycle(ThreadedResponse):
         self.inflight = 0
         self.cond: threading.Condition | None = None
         self.code = 0  # the status sent
-        self.started = 0.0  # when the head was parsed (only with the access log on)
+        self.started = 0.0  # when the head was parsed (only with the access log or metrics on)
 
     # The request --------------------------------------------------------------------------------
 
@@ -142,7 +141,7 @@ class WSGICycle(ThreadedResponse):
             self._whole(body)
             return
         self.result = result
-        if not buffered(result):
+        if not buffered(result) and not isinstance(result, FileWrapper):
             # A generator may block between chunks (a stream, server-sent events): it goes on in the
             # worker's stream thread, so that the loop keeps turning (drains, health, slow clients).
             runner.streaming = self
@@ -197,7 +196,7 @@ class WSGICycle(ThreadedResponse):
         if self.thread:
             self._thread_write(data)
         else:
-            self._send(data)
+            self._write_inline(data)
 
     # The response -------------------------------------------------------------------------------
 
@@ -271,22 +270,25 @@ class WSGICycle(ThreadedResponse):
 
     def _send(self, data: bytes) -> None:
         """Write one chunk of the body (the loop's thread)."""
+        out = self._frame(data)
+        if out:
+            self.proto.transport.write(out)
+
+    def _frame(self, data: bytes) -> bytes:
+        """The bytes that put ``data`` on the wire: the head first if it has not gone, then ``data``
+        as the framing chosen says (nothing for a response without a body)."""
         if self.disconnected or self.response_complete:
-            return
+            return b""
         head = b"" if self.response_started else self._head(None)
         if self.no_body or not data:
-            if head:
-                self.proto.transport.write(head)
-            return
+            return head
         if self.chunked:
-            self.proto.transport.write(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
-        elif self.remaining is not None:
+            return b"".join((head, b"%x\r\n" % len(data), data, b"\r\n"))
+        if self.remaining is not None:
             if len(data) > self.remaining:
                 raise ValueError(f"response longer than its Content-Length ({self.environ['PATH_INFO']})")
             self.remaining -= len(data)
-            self.proto.transport.write(head + data if head else data)
-        else:
-            self.proto.transport.write(head + data if head else data)
+        return head + data if head else data
 
     def _pump(self) -> None:
         """Write the iterable while the transport takes it; park when it is full."""
@@ -362,8 +364,8 @@ class WSGICycle(ThreadedResponse):
         if self.response_complete:
             return
         self.response_complete = True
-        if self.proto.access is not None:
-            self._log_access()
+        if self.started:
+            self.proto.record(self)
         self.body = bytearray()
         if self.spool is not None:
             self.spool.close()
@@ -376,16 +378,6 @@ class WSGICycle(ThreadedResponse):
                 self.proto.loop.call_soon(runner.next_waiting)
         self.proto.on_response_complete()
 
-    def _log_access(self) -> None:
-        env = self.environ
-        code = self.code
-        client = f"{env['REMOTE_ADDR']}:{env.get('REMOTE_PORT', '')}" if env["REMOTE_ADDR"] else "-"
-        path = env["SCRIPT_NAME"] + env["PATH_INFO"]
-        duration = time.perf_counter() - self.started
-        self.proto.access.log(
-            client, env["REQUEST_METHOD"], path, env["QUERY_STRING"], env["SERVER_PROTOCOL"][5:], code, duration
-        )
-
     def lost(self) -> None:
         """The client went away before the response completed."""
         self.disconnected = True
@@ -395,5 +387,5 @@ class WSGICycle(ThreadedResponse):
         elif self.iterator is not None and self.proto.writer == self._pump:
             self.proto.writer = None
             self._close_result()
-        if not self.thread:
-            self.response_complete = True
+        if not self.thread:  # (a thread's response completes when the thread sees it)
+            self._complete()

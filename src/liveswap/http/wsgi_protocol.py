@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -41,9 +41,11 @@ class WSGIRunner:
         proxy_headers: bool = True,
         forwarded_allow_ips: str | list[str] | None = None,
         access: Any = None,
+        metrics: Any = None,
     ) -> None:
         self.app = app.app
         self.access = access if access is not None and access.enabled else None
+        self.metrics = metrics  # the debug server's Metrics (liveswap.debug), when it runs
         self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="liveswap-wsgi") if threads > 1 else None
         # --threads 1: the request whose response streams from the stream thread, and the requests
@@ -91,7 +93,7 @@ _503 = (
 )
 _431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 33\r\nconnection: close\r\n\r\nRequest header fields too large."
+    b"content-length: 32\r\nconnection: close\r\n\r\nRequest header fields too large."
 )
 
 
@@ -116,17 +118,20 @@ class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
         else:  # a Unix socket
             base["REMOTE_ADDR"] = ""
         self.base = base
-        # The access log, but never for the supervisor's health checks (served with another app).
-        self.access = self.runner.access if self.app is self.plain_app else None
+        # The access log and the metrics, never for the supervisor's health checks (another app).
+        public = self.app is self.plain_app
+        self.access = self.runner.access if public else None
+        self.metrics = self.runner.metrics if public else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_complete:
             cycle.lost()
-        for queued, _ in self.pipeline:
-            queued.disconnected = True
+        pipelined = list(self.pipeline)
         self.pipeline.clear()
+        for queued, _ in pipelined:
+            cast(Any, queued).lost()
 
     def on_message_begin(self) -> None:
         self.url = b""
@@ -153,7 +158,7 @@ class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
             text = value.decode("latin-1")
             if key in environ:
                 if key[0] == "H" or key[0] == "C":  # a repeated header; SERVER_* etc. cannot be named
-                    environ[key] += "," + text
+                    environ[key] += ", " + text
             else:
                 environ[key] = text
             if name.startswith(b"x-forwarded-"):
@@ -179,8 +184,10 @@ class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             special = _503
         cycle.special = special
-        if self.access is not None:
+        if self.access is not None or self.metrics is not None:
             cycle.started = time.perf_counter()
+            if self.metrics is not None:
+                self.metrics._in_flight += 1
         existing = self.cycle
         self.cycle = cycle
         if self.limits.draining:
@@ -214,6 +221,19 @@ class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
             self.loop.call_soon(cycle.run)
         else:
             cycle.run()
+
+    def record(self, cycle: Any) -> None:
+        """A response completed: the access log line and the debug metrics, when they are on."""
+        env = cycle.environ
+        code = cycle.code or 500
+        duration = time.perf_counter() - cycle.started
+        if self.metrics is not None:
+            self.metrics.request_done(env["REQUEST_METHOD"], code, duration)
+        if self.access is not None:
+            client = f"{env['REMOTE_ADDR']}:{env.get('REMOTE_PORT', '')}" if env["REMOTE_ADDR"] else "-"
+            path = env["SCRIPT_NAME"] + env["PATH_INFO"]
+            version = env["SERVER_PROTOCOL"][5:]
+            self.access.log(client, env["REQUEST_METHOD"], path, env["QUERY_STRING"], version, code, duration)
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()

@@ -1,15 +1,18 @@
-"""The native WSGI path's threads: ``--threads N`` runs the app in a pool, and with ``--threads 1`` a
-response that may block between chunks (a generator: a stream, server-sent events) is iterated in
-the worker's one stream thread, so that the event loop keeps turning.
+"""The native WSGI path's writes from outside the loop's turn.
 
-Chunks cross to the loop one at a time; a thread waits while the transport is full or while more
-than ``_THREAD_INFLIGHT`` bytes it handed over are not written yet, so a large or endless response
-never fills memory.
+``--threads N`` runs the app in a pool; with ``--threads 1``, a response that may block between
+chunks (a generator: a stream, server-sent events) is iterated in the worker's one stream thread,
+so that the event loop keeps turning. Chunks cross to the loop one at a time; a thread waits while
+the transport is full or while more than ``_THREAD_INFLIGHT`` bytes it handed over are unwritten,
+so a large or endless response never fills memory. ``write()`` from an app in the loop's thread
+goes straight to the socket (``_write_inline``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import select
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +40,8 @@ def buffered(result: Any) -> bool:
 
 
 class ThreadedResponse:
-    """The thread side of :class:`~.wsgi_cycle.WSGICycle` (a mixin: the loop side is there)."""
+    """The writes of :class:`~.wsgi_cycle.WSGICycle` made while its app runs outside the loop's
+    turn: from a thread, or from ``write()`` in the loop's own thread (a mixin: the rest is there)."""
 
     proto: Any
     environ: dict[str, Any]
@@ -52,6 +56,30 @@ class ThreadedResponse:
     _end: Callable[[], None]
     _failed: Callable[[BaseException], None]
     _send: Callable[[bytes], None]
+    _frame: Callable[[bytes], bytes]
+
+    def _write_inline(self, data: bytes) -> None:
+        """``write()`` called by an app running in the loop's thread: the loop cannot flush the
+        transport while the app runs, so what the transport would buffer without bound is sent
+        straight to the socket, waiting for it as gunicorn's sync worker does (plain sockets, when
+        the transport holds nothing unsent; else, as under TLS, the transport buffers it)."""
+        out = self._frame(data)
+        transport = self.proto.transport
+        sock = transport.get_extra_info("socket")
+        if not out or sock is None or self.proto.scheme == "https" or transport.get_write_buffer_size():
+            if out:
+                transport.write(out)
+            return
+        fd = sock.fileno()
+        view = memoryview(out)
+        while view and not transport.is_closing():
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                select.select([], [fd], [], 1.0)
+            except OSError as exc:  # the client went away: the app learns it from write()
+                transport.close()
+                raise ConnectionError(f"client disconnected: {exc}") from None
 
     def _to_thread(self, pool: Any, work: Callable[[], None]) -> None:
         self.thread = True
