@@ -50,9 +50,10 @@ def _click_option(opt: Option) -> Callable[[Any], Any]:
         return click.option(f"{opt.flag}/--no-{opt.key}", opt.name, default=None, help=help_text)
     if opt.flag_is_switch:
         return click.option(opt.flag, opt.name, is_flag=True, default=None, help=help_text)
+    flags = (opt.short, opt.flag) if opt.short else (opt.flag,)  # -w/--workers, -b/--bind
     if opt.multiple:
-        return click.option(opt.flag, opt.name, multiple=True, help=help_text, metavar="TEXT")
-    return click.option(opt.flag, opt.name, default=None, help=help_text, metavar=type(opt.default).__name__.upper())
+        return click.option(*flags, opt.name, multiple=True, help=help_text, metavar="TEXT")
+    return click.option(*flags, opt.name, default=None, help=help_text, metavar=type(opt.default).__name__.upper())
 
 
 class _WithCommand(click.Command):
@@ -205,8 +206,13 @@ def _supervise(app: str, options: dict[str, Any], dev: bool, command: list[str] 
 
 
 def _check_name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
+    if value is None:  # LIVESWAP_NAME, [tool.liveswap] in pyproject.toml, else the only running instance
+        from .control.instances import default_name
+
+        try:
+            return default_name()
+        except LiveswapError as exc:
+            _fail(exc)
     try:
         parsed: str = option("name").parse(value)
     except ValueError as exc:
@@ -214,10 +220,11 @@ def _check_name(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return parsed
 
 
+_NAME_HELP = "Instance name (default: LIVESWAP_NAME, [tool.liveswap] in pyproject.toml, else the only one running)."
+
+
 def _name_option(fn: Any) -> Any:
-    return click.option(
-        "--name", default=None, callback=_check_name, help="Instance name (default: the only running instance)."
-    )(fn)
+    return click.option("--name", default=None, callback=_check_name, help=_NAME_HELP)(fn)
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: Any) -> float:
@@ -368,7 +375,11 @@ def stop(name: str | None, timeout: float, no_wait: bool) -> None:
 @_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(name: str | None, as_json: bool) -> None:
-    """Show generations, workers and the last reload of a running instance."""
+    """Show an instance's generations, workers and last reload (several running, no --name: a line each)."""
+    from .control.instances import several
+
+    if name is None and (text := several(as_json)):
+        return click.echo(text)
     reply = _request("status", name, 10.0)
     if as_json:
         click.echo(json.dumps(reply, indent=2))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._habit_options import HABIT_OPTIONS
 from ._http_options import HTTP_OPTIONS
 from ._parse import (
     MAX_NAME,
@@ -49,6 +50,7 @@ class Option:
     flag_is_switch: bool = False
     negatable: bool = False  # a switch that is on by default: --x/--no-x, as uvicorn spells them
     commands: tuple[str, ...] = ("run", "dev")  # the CLI commands that take it
+    short: str = ""  # a one-letter flag users type daily ("-w"), besides the long one
 
     @property
     def flag(self) -> str:
@@ -71,6 +73,7 @@ OPTIONS: tuple[Option, ...] = (
         "Repeatable. Ignored when started with LISTEN_FDS (systemd socket activation).",
         bind_address,
         multiple=True,
+        short="-b",
     ),
     Option(
         "workers",
@@ -82,6 +85,7 @@ OPTIONS: tuple[Option, ...] = (
             why="each worker is a process, and each has a spare forked ahead: a few per CPU core is plenty",
         ),
         commands=("run",),  # liveswap dev runs one worker
+        short="-w",
     ),
     Option(
         "factory",
@@ -206,7 +210,7 @@ OPTIONS: tuple[Option, ...] = (
         multiple=True,
     ),
     Option("log_level", "info", "Log level: debug, info, warning, error.", choice("debug", "info", "warning", "error")),
-    *(Option(**kwargs) for kwargs in HTTP_OPTIONS),  # the logs, and behind a proxy
+    *(Option(**kwargs) for kwargs in (*HTTP_OPTIONS, *HABIT_OPTIONS)),  # logs, behind a proxy, habits
     Option(
         "debug_bind",
         "",
@@ -390,6 +394,6 @@ def docs_table() -> str:
     """The options table for docs/configuration.md."""
     rows = ["| flag | env | pyproject key | default | commands | meaning |", "|---|---|---|---|---|---|"]
     for o in OPTIONS:
-        flag = f"{o.flag}/--no-{o.key}" if o.negatable else o.flag
+        flag = (f"{o.short}`, `" if o.short else "") + (f"{o.flag}/--no-{o.key}" if o.negatable else o.flag)
         rows.append(f"| `{flag}` | `{o.env}` | `{o.key}` | `{o.default!r}` | {', '.join(o.commands)} | {o.help} |")
     return "\n".join(rows)

@@ -56,6 +56,10 @@ class Settings:
     root_path: str
     server_header: bool
     date_header: bool
+    env_file: str
+    max_requests: int
+    max_requests_jitter: int
+    debug_allow_public: bool
     debug_bind: str
     debug_token: str
     certfile: str
@@ -149,6 +153,7 @@ def _check_together(app: str, values: Mapping[str, Any]) -> None:
         if text in seen and not text.endswith(":0"):  # port 0 twice is two ports; anything else fails to bind
             raise ConfigError(f"--bind: {text!r} is given twice", hint="give each address once")
         seen.add(text)
+    _check_both(values)
     module = app.partition(":")[0]
     for name in values["preload"]:
         if name == module or name.startswith(module + "."):
@@ -163,6 +168,27 @@ def _check_command(values: Mapping[str, Any]) -> None:
     if values["preload"]:
         raise ConfigError("--preload is for Python apps", hint="a command imports what it needs itself")
     refuse_for_command(values)
+    if values["max_requests"]:
+        raise ConfigError(
+            "--max-requests is for Python apps: liveswap cannot count a command's requests",
+            hint="use the server's own setting (gunicorn --max-requests), or run a Python app: liveswap run app:app",
+        )
+
+
+def _check_both(values: Mapping[str, Any]) -> None:
+    """Checks that hold for apps and commands alike."""
+    if values["debug_allow_public"] and not values["debug_token"]:
+        raise ConfigError(
+            "--debug-allow-public needs --debug-token: the debug endpoints show stacks and heap sites and start "
+            "profilers, and a public address lets anyone who can reach it use them",
+            hint="set a long random token (--debug-token or LIVESWAP_DEBUG_TOKEN) and give it to the scraper: "
+            "Authorization: Bearer <token> (Prometheus: authorization.credentials)",
+        )
+    if values["max_requests_jitter"] and not values["max_requests"]:
+        raise ConfigError(
+            "--max-requests-jitter without --max-requests",
+            hint="give both: --max-requests 10000 --max-requests-jitter 1000",
+        )
 
 
 def load_settings(
@@ -198,6 +224,7 @@ def load_settings(
                 "runs a server command",
             )
         _check_command(values)
+        _check_both(values)
         return Settings(app=shlex.join(command), command=list(command), **values)
     for flag in ("proxy", "build", "upstream"):
         if values[flag]:

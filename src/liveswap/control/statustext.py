@@ -19,7 +19,8 @@ def format_status(s: dict[str, Any]) -> str:
         f"state: {s['state']}",
         f"listening: {', '.join(s['listening'])}",
         f"reloads: {s['reloads_ok']} ok, {s['reloads_failed']} failed; worker restarts: {s['restarts']} "
-        f"({s.get('hung', 0)} of them hung)",
+        f"({s.get('hung', 0)} of them hung)"
+        + (f"; recycled (--max-requests): {s['recycled']}" if s.get("recycled") else ""),
         "",
         f"{'GEN':>4}  {'STATE':<9} {'PID':>8}  {'SLOT':>4}  {'WORKER':<9} {'UPTIME':>9}  {'RESTARTS':>8}",
     ]

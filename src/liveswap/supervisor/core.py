@@ -119,6 +119,7 @@ class Supervisor:
                 dev_env=dev.worker_env() if dev is not None else None,
                 on_imported=dev.on_imported if dev is not None else None,
                 after_switch=lambda work: self.reloads.after_switch(work),
+                on_recycle=lambda worker, asked: self.restarts.recycle(worker, asked.served, asked.limit),
             )
         self.outside = Outside(self)  # systemd's watchdog and fd store, the PID file, the hooks
         self.reloads = Reloads(self, _dev_policy() if dev is not None else RollBack())
@@ -148,9 +149,7 @@ class Supervisor:
         if self.settings.debug_bind:
             from ..debug.hub import DebugHub
 
-            self.debug = DebugHub.bind(
-                self.settings.debug_bind, name=self.name, status=self.status, token=self.settings.debug_token or None
-            )
+            self.debug = DebugHub.for_settings(self.settings, name=self.name, status=self.status)
         await self.termination.start()  # the probe port answers from the start (503 on /readyz until live)
         self._stopped = loop.create_future()
         become_subreaper()

@@ -31,6 +31,7 @@ class Status(TypedDict):
     reloads_failed: int
     restarts: int
     hung: int
+    recycled: int  # workers replaced after --max-requests
     version: str  # of the liveswap code this supervisor runs
     upgrades: int  # in-place upgrades (liveswap upgrade) this process went through
     upgrade_error: str  # why the last one failed, if it did
@@ -65,6 +66,7 @@ def status_of(sup: Supervisor) -> Status:
         "reloads_failed": sup.reloads.failed,
         "restarts": sup.restarts.restarts,
         "hung": sup.restarts.hung,
+        "recycled": sup.restarts.recycled,
         "version": __version__,
         "upgrades": sup.upgrades,
         "upgrade_error": sup.upgrade_error,

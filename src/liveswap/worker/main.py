@@ -33,6 +33,7 @@ from ..http.server import StartupFailed, WorkerServer, new_event_loop
 from ..sockets import adopt_fds
 from ..tls import CertBundle, server_context
 from . import channel
+from .recycle import limit_for, recycle_when_due
 
 if TYPE_CHECKING:
     from ..dev.worker import DevWorker
@@ -316,11 +317,17 @@ async def _serve(
     beating = (
         loop.create_task(heartbeat(channel.beat_interval(settings.worker_timeout))) if settings.worker_timeout else None
     )
+    recycling = None
+    if settings.max_requests:  # ask to be replaced once this worker has served its share
+        limit = limit_for(settings.max_requests, settings.max_requests_jitter)
+        recycling = loop.create_task(recycle_when_due(server.limits, limit, writer))
     await stop.wait()
     if orphaned:
         log.error("the supervisor is gone; exiting")
         os._exit(EXIT_ORPHANED)
     reading.cancel()
+    if recycling is not None:
+        recycling.cancel()
     clean = await server.drain(settings.drain_timeout)
     if beating is not None:
         beating.cancel()

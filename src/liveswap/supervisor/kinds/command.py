@@ -26,10 +26,12 @@ from typing import Any
 
 from ..._os import exit_text
 from ...config import Settings
+from ...config.envfile import EnvFile
 from ...sockets import Listener
 from ..generation import BootFailed, Worker
 from ..health import probe
 from . import procfs
+from ._env import file_variables
 from .execute import FIRST_FD, HEALTH_NAME, exec_child, expand, fd_keys, fd_name, health_listener, placeholders
 
 __all__ = ["CommandWorkers", "DEFAULT_READY_AFTER"]
@@ -84,6 +86,7 @@ class CommandWorkers:
         self.inodes = {os.fstat(x.sock.fileno()).st_ino for x in self.listeners}
         self._said_unchecked = False
         self._said_no_health = False
+        self.env_file = EnvFile(settings.env_file)
 
     def start(self) -> None:
         if not self.health_usable:
@@ -104,6 +107,8 @@ class CommandWorkers:
 
     def environment(self, worker: Worker) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _CLEARED and not k.startswith("EINHORN_FD_")}
+        if not worker.generation.error_page:  # (dev: the page that shows a broken --env-file needs none)
+            env.update(file_variables(self.env_file, worker))
         env["NOTIFY_SOCKET"] = self.notify_socket
         env["LIVESWAP_GENERATION"] = str(worker.generation.number)
         env["LIVESWAP_WORKER"] = str(worker.slot)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from ...config import Settings
+from ...config.envfile import EnvFile
 from ...sockets import Listener
 from ...template.learn import Learner
 from ...template.spawner import Spawner, TemplateGone
@@ -26,6 +27,7 @@ from ...worker import channel
 from ..certs import GenerationCerts, tls_probe
 from ..generation import BootFailed, Worker
 from ..health import health_host, probe, request
+from ._env import file_variables
 
 __all__ = ["PythonWorkers"]
 
@@ -48,7 +50,9 @@ class PythonWorkers:
         dev_env: Mapping[str, str] | None = None,
         on_imported: Callable[[Worker], None] | None = None,
         after_switch: Callable[[Callable[[], None]], None] | None = None,
+        on_recycle: Callable[[Worker, channel.Recycle], None] | None = None,
     ) -> None:
+        self.on_recycle = on_recycle  # --max-requests: a worker served its limit
         self.settings = settings
         self.dev_env = dict(dev_env or {})  # liveswap dev: LIVESWAP_DEV=1 and its settings
         self.on_imported = on_imported
@@ -72,6 +76,7 @@ class PythonWorkers:
         preload = [*settings.preload, *(["liveswap.dev.worker"] if self.dev_env else [])]
         self.spawner = Spawner(preload, env, spares=settings.workers)
         self.learner = Learner(self.spawner, preload, spawn_task)
+        self.env_file = EnvFile(settings.env_file)
         self.certs = GenerationCerts(settings) if settings.certfile else None  # --certfile: TLS
 
     def start(self) -> None:
@@ -93,9 +98,11 @@ class PythonWorkers:
     async def spawn(self, worker: Worker, timeout: float) -> None:
         # TLS: the generation's pair is validated before its first worker starts (BootFailed if bad).
         tls = self.certs.for_generation(worker.generation.number).to_env() if self.certs is not None else ""
+        # --env-file first: liveswap's own variables win over the file's.
+        env = file_variables(self.env_file, worker) if not worker.generation.error_page else {}
         control, control_child = socket.socketpair()
         health, health_child = socket.socketpair()
-        env = {
+        env |= {
             "LIVESWAP_SETTINGS": json.dumps(self.settings.to_json()),
             "LIVESWAP_GENERATION": str(worker.generation.number),
             "NOTIFY_SOCKET": self.notify_socket,
@@ -226,3 +233,5 @@ class PythonWorkers:
                 worker.live.set_result(None)
         elif isinstance(event, channel.Draining) and not worker.draining.done():
             worker.draining.set_result(None)
+        elif isinstance(event, channel.Recycle) and self.on_recycle is not None:
+            self.on_recycle(worker, event)
