@@ -164,6 +164,13 @@ def test_client_certificates_and_minimum_version(liveswap: MakeInstance, tmp_pat
     assert inst.proc is not None and inst.proc.poll() is None
 
 
+def test_wsgi_apps_see_https(liveswap: MakeInstance, tmp_path: Path, ca: CA) -> None:
+    cert, key = ca.issue("localhost").write(tmp_path / "server")
+    inst = liveswap(app="scheme_app:wsgi_app", args=["--certfile", str(cert), "--keyfile", str(key)])
+    _, answer = fetch(inst, client_context(ca))
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"scheme=https\n"), answer
+
+
 def kubernetes_swap(mount: Path, cert: bytes, key: bytes, serial: int) -> None:
     """What the kubelet does to a mounted Secret: a new timestamped directory, a ..data_tmp symlink to it
     renamed over ..data, the old directory removed; tls.crt and tls.key are symlinks through ..data."""

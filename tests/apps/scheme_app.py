@@ -20,3 +20,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    body = f"scheme={environ['wsgi.url_scheme']}\n".encode()
+    start_response("200 OK", [("content-type", "text/plain"), ("content-length", str(len(body)))])
+    return [body]
