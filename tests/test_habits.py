@@ -88,6 +88,17 @@ def test_env_file_reaches_workers_is_reread_at_reload_and_the_environment_wins(
     assert get("COUNT") == "2"  # the previous generation serves on, with its environment
 
 
+def test_env_file_reaches_a_command_and_is_reread_at_reload(liveswap: MakeInstance, tmp_path: Path) -> None:
+    env_file = tmp_path / "cmd.env"
+    env_file.write_text("GREETING=one\n")
+    command = [sys.executable, str(APPS / "env_port_server.py")]
+    inst = liveswap(app="", args=["--proxy", "--env-file", str(env_file), "--", *command])
+    assert httpx.get(f"{inst.url}/GREETING", timeout=10).text == "one"
+    env_file.write_text("GREETING=two\n")
+    assert inst.reload().returncode == 0
+    assert httpx.get(f"{inst.url}/GREETING", timeout=10).text == "two"
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [(None, "does not exist"), ("OK=1\nthis line is wrong\n", "line 2: 'this line is wrong' is not KEY=VALUE")],
