@@ -140,6 +140,15 @@ def test_max_requests_recycles_workers_under_load_without_a_failure(liveswap: Ma
     assert f"recycled (--max-requests): {status['recycled']}" in inst.cli("status", "--name", inst.name).stdout
 
 
+def test_max_requests_counts_the_native_wsgi_path_too(liveswap: MakeInstance) -> None:
+    inst = liveswap(app="wsgi_app:application", args=["--max-requests", "20"])
+    first = inst.worker_pids()
+    for _ in range(25):  # sequential: the worker asks once it has served 20, then drains after its replacement
+        assert httpx.get(inst.url + "/", timeout=10).status_code == 200
+    wait_until(lambda: inst.status()["recycled"] >= 1, 10, "the WSGI worker recycled")
+    assert inst.worker_pids() != first
+
+
 def test_max_requests_options_that_make_no_sense_are_refused() -> None:
     with pytest.raises(ConfigError, match="--max-requests-jitter without --max-requests"):
         load_settings("app:app", {"max_requests_jitter": "5"}, environ={})
