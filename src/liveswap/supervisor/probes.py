@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..errors import BindError
@@ -92,7 +93,7 @@ class Termination:
         if self._connections:
             await asyncio.wait(list(self._connections), timeout=1.0)
 
-    def check_grace_period(self, environ: dict[str, str] | os._Environ[str]) -> float:
+    def check_grace_period(self, environ: Mapping[str, str]) -> float:
         """Warn when --shutdown-delay plus --drain-timeout exceed the grace period (given, or Kubernetes'
         default when it looks like a pod); returns the grace period used (0: unknown)."""
         grace, source = self.settings.grace_period, "--grace-period"
