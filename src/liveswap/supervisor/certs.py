@@ -174,25 +174,31 @@ class GenerationCerts:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.by_generation: dict[int, CertBundle | BootFailed] = {}
+        self.by_generation: dict[int, CertBundle] = {}
+        self.failed: tuple[int, BootFailed] | None = None  # (a failed generation is never restarted)
         self.serving = ""  # the fingerprint of the last pair that loaded
 
     def for_generation(self, number: int) -> CertBundle:
         found = self.by_generation.get(number)
         if found is None:
-            try:
-                found = load_bundle(self.settings)
-            except CertificateError as exc:
-                found = BootFailed(f"TLS: {exc}", f"hint: {exc.hint}" if exc.hint else "")
-            self.by_generation[number] = found
-            for old in sorted(self.by_generation)[:-8]:  # generations long gone
+            found = self.by_generation[number] = self._load(number)
+            # Only a successful reload adds one: the live generation's pair is among the newest 8.
+            for old in sorted(self.by_generation)[:-8]:
                 del self.by_generation[old]
-            if isinstance(found, CertBundle) and found.fingerprint != self.serving:
+            if found.fingerprint != self.serving:
                 log.info("generation %d: TLS certificate %s (sha256 %s)", number, found.summary, found.fingerprint[:16])
                 self.serving = found.fingerprint
-        if isinstance(found, BootFailed):
-            raise BootFailed(str(found), found.detail)
         return found
+
+    def _load(self, number: int) -> CertBundle:
+        if self.failed is not None and self.failed[0] == number:  # the other workers of a failing generation
+            raise BootFailed(str(self.failed[1]), self.failed[1].detail)
+        try:
+            return load_bundle(self.settings)
+        except CertificateError as exc:
+            failed = BootFailed(f"TLS: {exc}", f"hint: {exc.hint}" if exc.hint else "")
+            self.failed = number, failed
+            raise BootFailed(str(failed), failed.detail) from None
 
 
 async def tls_probe(sock: socket.socket, bundle: CertBundle, path: str, host: str) -> int:
