@@ -26,6 +26,7 @@ Routes (``GET`` unless said):
   ``/mislength?declared=D&sent=S``: a Content-Length of D, S bytes sent. ``/latin1``: a latin-1 header.
 - ``/status/CODE``: an empty answer with that status (204, 304).
 - ``/raise``: the app raises before start_response. ``/raise-mid``: after a first chunk.
+  ``/raw/str-body``: a list of one str (not bytes).
 - ``/sleep?ms=M``: sleeps, counting requests running at once; ``/active?reset=1``: the highest count.
 """
 
@@ -297,6 +298,9 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
     if path == "/latin1":
         start_response("200 OK", [("Content-Type", "text/plain"), ("X-Latin", "caf\xe9 \xa7 ok")])
         return [b"latin-1 header"]
+    if path == "/str-body":  # a str where bytes belong: the app's error (under /raw/: the validator would catch it)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return ["a str, not bytes"]  # type: ignore[list-item]
     if path == "/hello":
         return _text(start_response, f"hello pid={os.getpid()}\n")
     if path.startswith("/status/"):
