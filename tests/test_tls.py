@@ -7,18 +7,25 @@ served is read from a fresh TLS connection (the sha256 of the leaf), after each 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import APPS, Instance, MakeInstance
 from loadclient import LoadClient
 from tlscerts import CA, Pair, peer_fingerprint
+
+from liveswap.config import Settings
+from liveswap.supervisor.certs import load_bundle, tls_probe
+from liveswap.supervisor.generation import BootFailed
+from liveswap.tls import CertBundle, server_context
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -164,11 +171,55 @@ def test_client_certificates_and_minimum_version(liveswap: MakeInstance, tmp_pat
     assert inst.proc is not None and inst.proc.poll() is None
 
 
-def test_wsgi_apps_see_https(liveswap: MakeInstance, tmp_path: Path, ca: CA) -> None:
+def test_wsgi_https_and_handshake_timeout(liveswap: MakeInstance, tmp_path: Path, ca: CA) -> None:
     cert, key = ca.issue("localhost").write(tmp_path / "server")
-    inst = liveswap(app="scheme_app:wsgi_app", args=["--certfile", str(cert), "--keyfile", str(key)])
+    args = ["--certfile", str(cert), "--keyfile", str(key), "--header-timeout", "0.5s"]
+    inst = liveswap(app="scheme_app:wsgi_app", args=args)
     _, answer = fetch(inst, client_context(ca))
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"scheme=https\n"), answer
+    # A client that connects and never starts its handshake is cut off at --header-timeout (asyncio's
+    # own default would hold the connection for 60 s).
+    with socket.create_connection((inst.host, inst.port), timeout=5) as raw:
+        t0 = time.monotonic()
+        assert raw.recv(100) == b""
+        assert time.monotonic() - t0 < 3.0
+
+
+def test_health_check_wants_the_validated_certificate(tmp_path: Path, ca: CA) -> None:
+    """The supervisor's TLS probe, against a real TLS server on a socket pair: it is answered when
+    the worker serves the validated pair, and fails the boot when it serves another."""
+    a, b = ca.issue("localhost"), ca.issue("localhost")
+
+    def bundle(pair: Pair) -> CertBundle:
+        folder = tmp_path / pair.fingerprint[:8]
+        cert, key = pair.write(folder)
+        return load_bundle(Settings.defaults("x:app", certfile=str(cert), keyfile=str(key)))
+
+    async def probe_against(served: CertBundle, expected: CertBundle) -> int:
+        ours, theirs = socket.socketpair()
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+            writer.close()
+
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(), answer)
+
+        theirs.setblocking(False)
+        server = loop.create_task(loop.connect_accepted_socket(protocol, theirs, ssl=server_context(served)))
+        try:
+            return await asyncio.wait_for(tls_probe(ours, expected, "/", "localhost:8443"), 5)
+        finally:
+            server.cancel()
+            theirs.close()
+
+    bundle_a, bundle_b = bundle(a), bundle(b)
+    assert asyncio.run(probe_against(bundle_a, bundle_a)) == 204
+    with pytest.raises(BootFailed, match="serves certificate"):
+        asyncio.run(probe_against(bundle_b, bundle_a))
 
 
 def kubernetes_swap(mount: Path, cert: bytes, key: bytes, serial: int) -> None:
