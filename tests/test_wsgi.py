@@ -397,7 +397,9 @@ def test_a_slow_upload_does_not_hold_up_the_worker(pep: Instance) -> None:
 # -- the response ----------------------------------------------------------------------------------
 
 
-def test_write_callable(pep: Instance) -> None:
+@pytest.mark.parametrize("name", ["pep", "threads4"])
+def test_write_callable(instances: Instances, name: str) -> None:
+    pep = instances[name]
     with conn(pep) as c:
         r = c.get("/write")
         assert (r.status, r.body) == (200, b"one two three")
@@ -411,7 +413,9 @@ def test_close_is_called_after_the_response(pep: Instance) -> None:
     assert wait_closed(pep, token) == 3
 
 
-def test_close_is_called_when_the_client_goes_away(pep: Instance) -> None:
+@pytest.mark.parametrize("name", ["pep", "threads4"])
+def test_close_is_called_when_the_client_goes_away(instances: Instances, name: str) -> None:
+    pep = instances[name]
     token, n = os.urandom(6).hex(), 4000  # 4000 x 64 KiB: 250 MiB, far more than the client reads
     sock = socket.create_connection((pep.host, pep.port), timeout=10)
     try:
@@ -427,15 +431,19 @@ def test_close_is_called_when_the_client_goes_away(pep: Instance) -> None:
     assert produced < n, "the server iterated the whole body for a client that had gone"
 
 
-def test_exc_info_before_the_headers_replaces_the_response(pep: Instance) -> None:
+@pytest.mark.parametrize("name", ["pep", "threads4"])
+def test_exc_info_before_the_headers_replaces_the_response(instances: Instances, name: str) -> None:
+    pep = instances[name]
     r = httpx.get(f"{pep.url}/exc-before", timeout=10)
     assert (r.status_code, r.text) == (500, "replaced after exc_info")
 
 
+@pytest.mark.parametrize("name", ["pep", "threads4"])
 @pytest.mark.parametrize("route", ["/exc-after", "/raise-mid"])
-def test_an_error_after_the_headers_cuts_the_connection(pep: Instance, route: str) -> None:
+def test_an_error_after_the_headers_cuts_the_connection(instances: Instances, name: str, route: str) -> None:
     """start_response(exc_info) once headers are out must raise; the server cuts the connection
     instead of completing a 200 with half a body (and the worker goes on serving)."""
+    pep = instances[name]
     with socket.create_connection((pep.host, pep.port), timeout=10) as sock:
         sock.sendall(raw_request(pep, route))
         data, closed = until_close(sock, 10)
@@ -455,9 +463,11 @@ def test_app_exception_is_a_500_and_the_worker_serves_on(pep: Instance) -> None:
     assert httpx.get(f"{pep.url}/hello", timeout=10).text == before  # the same worker (pid) answers
 
 
-def test_a_body_of_str_is_the_apps_error_not_the_clients(pep: Instance) -> None:
+@pytest.mark.parametrize("name", ["pep", "threads4"])
+def test_a_body_of_str_is_the_apps_error_not_the_clients(instances: Instances, name: str) -> None:
+    pep = instances[name]
     mark = pep.mark()
-    r = httpx.get(f"{pep.url}/raw/str-body", timeout=10)
+    r = httpx.get(f"{pep.url}/raw/str-body", timeout=5)
     assert r.status_code == 500, (r.status_code, r.text)
     pep.wait_for(r"Exception in WSGI application \(GET /raw/str-body\)", 10, start=mark)
     assert httpx.get(f"{pep.url}/hello", timeout=10).status_code == 200
