@@ -5,10 +5,12 @@ certificate, and the time from a certificate change on disk to a client being se
    (an EC P-256 pair signed by a CA made for the run): ``liveswap run`` and ``uvicorn`` (uvloop and
    httptools, as liveswap's workers), each over HTTPS and, for the price of TLS itself, plain HTTP.
    ``wrk -t1 -c16 -d5s`` keep-alive GET, targets in a new random order each round, after a 2 s
-   warm-up each; wrk and the server share the machine's cores.
+   warm-up each; wrk and the server share the machine's cores. Besides req/s, the server's CPU time
+   per request (its whole process tree, from /proc), which a busy machine disturbs less.
 2. Certificate change. ``liveswap run --watch-certs``: a new pair is written (key, then certificate,
    each by an atomic rename, as a deploy tool does); a client opens a fresh TLS connection every 5 ms
-   and the time until it is served the new certificate is taken. uvicorn reads its certificate once:
+   and the time until it is served the new certificate is taken, with the reload's own duration
+   (from liveswap's log) beside it. uvicorn reads its certificate once:
    the alternative is a restart, timed the same way (stop, start, first connection served the new
    certificate), during which connections are refused.
 
@@ -25,6 +27,7 @@ import datetime
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -43,10 +46,12 @@ from benchlib import (  # noqa: E402
     BIN,
     HOST,
     BenchError,
+    cpu_seconds,
     free_port,
     machine_info,
     median,
     parse_wrk,
+    process_tree,
     run_wrk,
     write_results,
 )
@@ -199,6 +204,7 @@ def wrk_target(target: str, port: int, duration: float) -> dict[str, Any]:
 # ---- the two measurements ----------------------------------------------------------------------
 def throughput(folder: Path, runtime: Path, rounds: int, duration: float) -> dict[str, Any]:
     runs: dict[str, list[float]] = {t: [] for t in TARGETS}
+    cpu_us: dict[str, list[float]] = {t: [] for t in TARGETS}  # server CPU per request: steadier under contention
     failures: dict[str, int] = dict.fromkeys(TARGETS, 0)
     for r in range(rounds):
         order = random.sample(TARGETS, len(TARGETS))
@@ -206,16 +212,27 @@ def throughput(folder: Path, runtime: Path, rounds: int, duration: float) -> dic
             child = start(target, folder, runtime)
             try:
                 wrk_target(target, child.port, 2.0)  # warm-up
+                pids = process_tree(child.proc.pid)  # liveswap: supervisor, template, spares, the worker
+                cpu0 = sum(cpu_seconds(p) for p in pids)
                 res = wrk_target(target, child.port, duration)
+                cpu_us[target].append((sum(cpu_seconds(p) for p in pids) - cpu0) / max(1, res["requests"]) * 1e6)
             finally:
                 child.stop()
             runs[target].append(res["rps"])
             failures[target] += res["failures"]
-            print(f"  round {r + 1} {target:15s} {res['rps']:9.0f} req/s  failures {res['failures']}", flush=True)
+            print(
+                f"  round {r + 1} {target:15s} {res['rps']:9.0f} req/s  {cpu_us[target][-1]:6.1f} us CPU/request  "
+                f"failures {res['failures']}",
+                flush=True,
+            )
     med = {t: median(v) for t, v in runs.items()}
+    cpu = {t: median(v) for t, v in cpu_us.items()}
     return {
         "rps": runs,
         "median_rps": med,
+        "cpu_us_per_request": cpu_us,
+        "median_cpu_us_per_request": cpu,
+        "cpu_ratio_https_liveswap_to_uvicorn": cpu["liveswap-https"] / cpu["uvicorn-https"],
         "failures": failures,
         "ratio_https_liveswap_to_uvicorn": med["liveswap-https"] / med["uvicorn-https"],
         "ratio_http_liveswap_to_uvicorn": med["liveswap-http"] / med["uvicorn-http"],
@@ -236,6 +253,7 @@ def change_latency(folder: Path, runtime: Path, issuer: Issuer, changes: int, re
     pairs = [issuer.pair() for _ in range(changes)]
     child = start("liveswap-https", folder, runtime, ("--watch-certs",))
     watched: list[float] = []
+    reloads: list[float] = []  # "reload ok: generation N live in X ms": the reload's part of it
     try:
         deadline = time.monotonic() + 10  # the watch starts with the supervisor's loop and says so
         while "watching the certificate files" not in child.output():
@@ -246,7 +264,17 @@ def change_latency(folder: Path, runtime: Path, issuer: Issuer, changes: int, re
             t0 = time.monotonic()
             install(folder, chain, key)
             watched.append(wait_served(child.port, fp, t0))
-            print(f"  --watch-certs: new certificate served after {watched[-1] * 1000:.0f} ms", flush=True)
+            generation = len(watched) + 1
+            while not (m := re.search(rf"generation {generation} live in ([\d.]+) ms", child.output())):
+                if time.monotonic() - t0 > 10:
+                    raise BenchError(f"no 'reload ok' for generation {generation}: {child.output()}")
+                time.sleep(0.01)
+            reloads.append(float(m.group(1)) / 1000)
+            print(
+                f"  --watch-certs: new certificate served after {watched[-1] * 1000:.0f} ms "
+                f"(the reload itself: {reloads[-1] * 1000:.0f} ms)",
+                flush=True,
+            )
     finally:
         child.stop()
     restarted: list[float] = []
@@ -264,6 +292,8 @@ def change_latency(folder: Path, runtime: Path, issuer: Issuer, changes: int, re
     return {
         "watch_certs_s": watched,
         "watch_certs_median_s": median(watched),
+        "reload_s": reloads,
+        "reload_median_s": median(reloads),
         "uvicorn_restart_s": restarted,
         "uvicorn_restart_median_s": median(restarted),
     }
@@ -294,13 +324,15 @@ def main() -> None:
     med = tput["median_rps"]
     print("\nsummary")
     for t in TARGETS:
-        print(f"  {t:15s} median {med[t]:9.0f} req/s  failures {tput['failures'][t]}")
+        cpu = tput["median_cpu_us_per_request"][t]
+        print(f"  {t:15s} median {med[t]:9.0f} req/s  {cpu:6.1f} us CPU/request  failures {tput['failures'][t]}")
     print(f"  HTTPS liveswap/uvicorn: {tput['ratio_https_liveswap_to_uvicorn']:.2f}x")
     print(f"  HTTP  liveswap/uvicorn: {tput['ratio_http_liveswap_to_uvicorn']:.2f}x")
+    print(f"  HTTPS CPU per request, liveswap/uvicorn: {tput['cpu_ratio_https_liveswap_to_uvicorn']:.2f}x")
     print(f"  TLS costs liveswap {tput['tls_cost_liveswap']:.0%}, uvicorn {tput['tls_cost_uvicorn']:.0%} of throughput")
     print(
         f"  certificate change -> served: --watch-certs {change['watch_certs_median_s'] * 1000:.0f} ms median "
-        f"({len(change['watch_certs_s'])} changes); "
+        f"({len(change['watch_certs_s'])} changes; the reload itself {change['reload_median_s'] * 1000:.0f} ms); "
         f"a uvicorn restart {change['uvicorn_restart_median_s'] * 1000:.0f} ms"
     )
     path = write_results(
