@@ -286,15 +286,35 @@ def machine_busy() -> tuple[float, float]:
     return float(busy), float(busy + idle + iowait + irq + softirq)
 
 
+def runqueue_wait(pids: list[int]) -> float:
+    """Seconds that the threads of ``pids`` spent runnable but waiting for a CPU, so far
+    (/proc/PID/task/TID/schedstat: on-CPU ns, run-queue wait ns, time slices)."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return total / 1e9
+
+
 def measure(srv: Running, mode: str, duration: float) -> dict[str, Any]:
     pids = srv.pids()
     cpu0 = sum(cpu_seconds(p) for p in pids)
+    wait0 = runqueue_wait(pids)
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's CPU, once it is reaped
     busy0, total0 = machine_busy()
     r = run_wrk(srv.port, duration, threads=WRK_THREADS, conns=WRK_CONNS, close=mode == "close")
     busy1, total1 = machine_busy()
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    wait = runqueue_wait(pids) - wait0
     wrk_cpu = kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime
     out = r.as_dict()
     out["server_cpu_s"] = round(cpu, 3)
@@ -306,6 +326,8 @@ def measure(srv: Running, mode: str, duration: float) -> dict[str, Any]:
     wall = (total1 - total0) / ncpu / TICK if total1 > total0 else 0.0
     busy_s = (busy1 - busy0) / TICK
     out["machine_busy_cores"] = round(busy_s / wall, 2) if wall else None
+    # how long the server's threads were ready to run but had no CPU (summed over its threads)
+    out["server_runqueue_wait_s"] = round(wait, 3)
     out["others_cores"] = round(max(0.0, busy_s - cpu - wrk_cpu) / wall, 2) if wall else None
     return out
 
@@ -347,7 +369,8 @@ def run_case(case: Case, args: argparse.Namespace, runs: list[dict[str, Any]], s
                     say(
                         f"  round {rnd + 1} {srv.label:20} {mode:10} {res['rps']:9.0f} req/s"
                         f"  non-2xx {res['non2xx']}  socket errors {res['failures'] - res['non2xx']}"
-                        f"  others' CPU {res['others_cores']} cores{retried}{' DISTURBED' if res['disturbed'] else ''}"
+                        f"  others' CPU {res['others_cores']} cores, server waited {res['server_runqueue_wait_s']} s"
+                        f" for a CPU{retried}{' DISTURBED' if res['disturbed'] else ''}"
                     )
     finally:
         for srv in servers:
@@ -473,6 +496,7 @@ def profile(seconds: float) -> dict[str, Any]:
         out = srv.tmp / "profile.txt"
         wrk = wrk_start(srv.port, seconds + 2, WRK_THREADS, WRK_CONNS)
         time.sleep(0.5)  # let wrk's connections open before sampling
+        t0, times0, wait0 = time.perf_counter(), _user_system(worker), runqueue_wait([worker])
         subprocess.run(
             [spy, "record", "-p", str(worker), "-d", str(max(1, int(seconds))), "-r", "500", "--gil"]
             + ["-f", "raw", "-o", str(out)],
@@ -480,6 +504,7 @@ def profile(seconds: float) -> dict[str, Any]:
             timeout=seconds + 60,
             check=True,
         )
+        times1, wait1, wall = _user_system(worker), runqueue_wait([worker]), time.perf_counter() - t0
         rps = wrk_finish(wrk, seconds + 2).rps
         own: collections.Counter[str] = collections.Counter()  # by function
         own_lines: collections.Counter[str] = collections.Counter()  # by line
@@ -509,16 +534,32 @@ def profile(seconds: float) -> dict[str, Any]:
         "worker_pid": worker,
         "samples": samples,
         "rps_while_profiled": rps,
+        # the worker's CPU while sampled, in cores: time in Python and C (user) and in syscalls (system)
+        "worker_user_cores": round((times1[0] - times0[0]) / wall, 2),
+        "worker_system_cores": round((times1[1] - times0[1]) / wall, 2),
+        "worker_runqueue_wait_share": round((wait1 - wait0) / wall, 2),
         "self": top(own, 15),
         "self_lines": top(own_lines, 10),
         "total": top(total, 20),
     }
     say(f"\nprofile of liveswap's worker (pid {worker}), trivial app, keep-alive, {samples} samples (--gil)")
+    say(
+        f"  {rps:.0f} req/s while sampled (py-spy slows it); the worker used {result['worker_user_cores']} cores"
+        f" in user mode and {result['worker_system_cores']} in the kernel (syscalls: reads, writes, epoll),"
+        f" and its threads waited for a CPU {result['worker_runqueue_wait_share']:.0%} of the time"
+    )
     for title, key in (("self", "self"), ("self, by line", "self_lines"), ("total (with callees)", "total")):
         say(f"  {title}:")
         for f, pct in result[key]:
             say(f"    {pct:5.1f} %  {f}")
     return result
+
+
+def _user_system(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def _function(frame: str) -> str:
