@@ -34,7 +34,7 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "pep": (PEP, ["--header-timeout", "1"]),
     "threads4": (PEP, ["--threads", "4"]),
     "maxconn": (PEP, ["--max-connections", "4"]),
-    "rootpath": (PEP, ["--root-path", "/mount"]),
+    "rootpath": (PEP, ["--root-path", "/mount", "--forwarded-allow-ips", "10.0.0.0/8"]),
     "flask": ("flaskproj.app:app", ["--preload", "flask"]),
     "django": ("djangoproj.wsgi:application", ["--preload", "django.core.handlers.wsgi"]),
 }
@@ -258,6 +258,17 @@ def test_proxy_headers_from_a_trusted_peer_set_remote_addr_and_scheme(pep: Insta
     # As for ASGI apps: loopback is a trusted proxy by default (uvicorn's forwarded_allow_ips).
     env = environ_of(pep, headers=[("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-Proto", "https")])
     assert (env["REMOTE_ADDR"], env["wsgi.url_scheme"]) == ("203.0.113.7", "https")
+
+
+def test_the_nearest_untrusted_address_of_a_chain_is_remote_addr(pep: Instance) -> None:
+    env = environ_of(pep, headers=[("X-Forwarded-For", "198.51.100.1, 203.0.113.7")])
+    assert env["REMOTE_ADDR"] == "203.0.113.7"
+
+
+def test_proxy_headers_from_a_peer_not_allowed_are_ignored(instances: Instances) -> None:
+    inst = instances["rootpath"]  # --forwarded-allow-ips 10.0.0.0/8: loopback is not a trusted proxy
+    env = environ_of(inst, headers=[("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-Proto", "https")])
+    assert (env["REMOTE_ADDR"], env["wsgi.url_scheme"]) == ("127.0.0.1", "http")
 
 
 def test_script_name_from_root_path(instances: Instances) -> None:
