@@ -493,6 +493,31 @@ def test_file_wrapper_download(pep: Instance, path: str, size: int) -> None:
 
 
 @pytest.mark.parametrize(("route", "mb"), [("/stream", 200), ("/write-big", 100)])
+def io_counter(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/io")
+
+
+def test_file_wrapper_uses_sendfile(pep: Instance) -> None:
+    """Issue 10: wsgi.file_wrapper is sent with sendfile where the transport allows (plain TCP
+    here). Read in the app's 4 KiB blocks, 32 MiB takes 8192 read() calls; sendfile moves far more
+    per call (what the socket takes), and each counts once in the process's syscr."""
+    (pid,) = pep.worker_pids()
+    size, blksize = 32 * MIB, 4096
+    url = f"{pep.url}/raw/file?size={size}&blksize={blksize}"
+    assert httpx.get(url.replace("/raw/file", "/hello"), timeout=10).status_code == 200
+    before = io_counter(pid, "syscr")
+    r = httpx.get(url, timeout=30)
+    reads = io_counter(pid, "syscr") - before
+    assert r.status_code == 200 and sha(r.content) == sha(pattern(size))
+    assert reads < size // blksize // 4, (
+        f"{reads} read calls for {size // blksize} blocks: the file went through read()"
+    )
+
+
 def test_a_large_body_read_slowly_keeps_the_worker_small(pep: Instance, route: str, mb: int) -> None:
     """200 MiB from a generator (a fresh 1 MiB object per chunk), 100 MiB through write(), to a
     client that stops reading for a second after the first MiB: the worker's memory must not grow

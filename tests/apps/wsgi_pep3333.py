@@ -20,7 +20,7 @@ Routes (``GET`` unless said):
   ``/closed?token=T`` answers ``closed after K`` (K chunks produced) once its close() was called.
 - ``/exc-before``: start_response(200), an error, start_response(500, ..., exc_info): replaced.
 - ``/exc-after?size=S``: a first chunk of S bytes, then start_response(..., exc_info): must re-raise.
-- ``/file?size=N`` (and ``/raw/file``): ``wsgi.file_wrapper`` of a file of N deterministic bytes.
+- ``/file?size=N&blksize=B`` (and ``/raw/file``): ``wsgi.file_wrapper`` of a file of N deterministic bytes.
 - ``/stream?mb=N``: a generator of N fresh 1 MiB chunks (backpressure: the worker must not buffer).
 - ``/nolength?n=N``: N chunks from a generator, no Content-Length. ``/hello``: with Content-Length.
   ``/mislength?declared=D&sent=S``: a Content-Length of D, S bytes sent. ``/latin1``: a latin-1 header.
@@ -186,11 +186,12 @@ def file_of(size: int) -> str:
 
 
 def _file(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    size = int(_query(environ).get("size", "100000"))
+    q = _query(environ)
+    size = int(q.get("size", "100000"))
     f = open(file_of(size), "rb")  # noqa: SIM115  # closed by the file wrapper's close()
     start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
     wrapper = environ["wsgi.file_wrapper"]
-    result: Iterable[bytes] = wrapper(f, 65536)
+    result: Iterable[bytes] = wrapper(f, int(q.get("blksize", "65536")))
     return result
 
 
