@@ -246,6 +246,11 @@ def test_repeated_headers_are_joined_with_a_comma(pep: Instance) -> None:
     assert env["HTTP_X_REPEAT"] == "a, b, c d"
 
 
+def test_a_header_with_an_underscore_cannot_pass_for_one_with_a_dash(pep: Instance) -> None:
+    env = environ_of(pep, headers=[("X-Real-User", "alice"), ("X_Real_User", "mallory")])
+    assert env["HTTP_X_REAL_USER"] == "alice"
+
+
 def test_environ_of_a_post_and_of_http_1_0(pep: Instance) -> None:
     env = environ_of(pep, "/environ/p", method="POST", headers=[("Content-Type", "text/x-test")], body=b"12345")
     assert (env["REQUEST_METHOD"], env["CONTENT_TYPE"], env["CONTENT_LENGTH"]) == ("POST", "text/x-test", "5")
