@@ -17,6 +17,7 @@ import asyncio
 import datetime
 import hashlib
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ log = logging.getLogger("liveswap.supervisor")
 
 _HINT = "fix the files named by --certfile/--keyfile (the key must be the certificate's own, PEM, not encrypted)"
 WATCH_QUIET_MS = 100  # --watch-certs: a burst of writes ends after this long without another one
+WATCH_RETRY = 1.0  # seconds between attempts to watch again after the watch failed
 
 
 class CertificateError(ConfigError):
@@ -244,9 +246,29 @@ async def watch(settings: Settings, reload: Callable[[str], None]) -> None:
     dirs = sorted({str(Path(p).absolute().parent) for p in paths})
     last = _digest(paths)
     log.info("watching the certificate files in %s", ", ".join(dirs))
-    async for _changes in watchfiles.awatch(*dirs, watch_filter=None, step=WATCH_QUIET_MS, recursive=False):
-        now = _digest(paths)
-        if now != last:
-            last = now
-            log.info("certificate files changed: reloading")
+    failed = ""
+    while True:
+        try:
+            async for _changes in watchfiles.awatch(*dirs, watch_filter=None, step=WATCH_QUIET_MS, recursive=False):
+                failed = ""
+                now = _digest(paths)
+                if now != last:
+                    last = now
+                    log.info("certificate files changed: reloading")
+                    reload("certificate files changed (--watch-certs)")
+                if not all(os.path.isdir(d) for d in dirs):  # its watch went with it, silently
+                    raise FileNotFoundError(f"{', '.join(d for d in dirs if not os.path.isdir(d))} was removed")
+        except Exception as exc:  # a watched directory removed, say: watch again once it is back
+            if str(exc) != failed:
+                failed = str(exc)
+                log.error(
+                    "--watch-certs: watching %s failed (%s); retrying every %.0f s, and SIGHUP or liveswap "
+                    "reload still reload",
+                    ", ".join(dirs),
+                    exc or type(exc).__name__,
+                    WATCH_RETRY,
+                )
+        await asyncio.sleep(WATCH_RETRY)
+        if _digest(paths) != last:  # changed while nothing watched
+            last = _digest(paths)
             reload("certificate files changed (--watch-certs)")
