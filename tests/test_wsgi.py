@@ -497,7 +497,6 @@ def test_file_wrapper_download(pep: Instance, path: str, size: int) -> None:
     assert len(r.content) == size and sha(r.content) == sha(pattern(size))
 
 
-@pytest.mark.parametrize(("route", "mb"), [("/stream", 200), ("/write-big", 100)])
 def io_counter(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/io") as f:
         for line in f:
@@ -523,6 +522,7 @@ def test_file_wrapper_uses_sendfile(pep: Instance) -> None:
     )
 
 
+@pytest.mark.parametrize(("route", "mb"), [("/stream", 200), ("/write-big", 100)])
 def test_a_large_body_read_slowly_keeps_the_worker_small(pep: Instance, route: str, mb: int) -> None:
     """200 MiB from a generator (a fresh 1 MiB object per chunk), 100 MiB through write(), to a
     client that stops reading for a second after the first MiB: the worker's memory must not grow
