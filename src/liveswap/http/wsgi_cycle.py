@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .wsgi import FileWrapper, close_iterable
+from .wsgi_sendfile import send_file
 from .wsgi_threads import ThreadedResponse, buffered
 
 __all__ = ["SPOOL_BYTES", "WSGICycle"]
@@ -148,6 +149,8 @@ class WSGICycle(ThreadedResponse):
             self._to_thread(runner.stream_pool(), self._iterate)
             return
         try:
+            if isinstance(result, FileWrapper) and send_file(self, result):
+                return
             self.iterator = iter(result)
         except BaseException as exc:  # noqa: BLE001
             self._failed(exc)
