@@ -190,7 +190,7 @@ def test_status_lists_every_instance_and_the_project_name_picks_one(tmp_path: Pa
         # A command that acts refuses to guess, and names the candidates.
         out = cli("reload", cwd=elsewhere, env=env)
         assert out.returncode == 1 and "several liveswap instances are running" in out.stderr, out.stderr
-        assert one.name in out.stderr and two.name in out.stderr
+        assert one.name in out.stderr and two.name in out.stderr and "hint: choose one with --name" in out.stderr
 
         project = tmp_path / "project"
         project.mkdir()

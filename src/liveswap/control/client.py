@@ -27,7 +27,11 @@ def find_instance(name: str | None) -> Path:
         raise NoInstanceError("no liveswap instance is running", hint="start one with `liveswap run APP`")
     if len(running) > 1:
         names = ", ".join(p.stem for p in running)
-        raise ControlError(f"several liveswap instances are running: {names}", hint="choose one with --name")
+        raise ControlError(
+            f"several liveswap instances are running: {names}",
+            hint=f"choose one with --name (--name {running[0].stem}), or give the project's under [tool.liveswap] "
+            "in its pyproject.toml; `liveswap status` lists them",
+        )
     return running[0]
 
 
