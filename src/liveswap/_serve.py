@@ -21,8 +21,8 @@ from .config import option
 from .errors import ConfigError
 from .group import Group
 from .http.app import detect_interface, load_app
-from .http.wsgi import NativeWSGI
 from .http.server import StartupFailed, WorkerServer, new_event_loop
+from .http.wsgi import NativeWSGI
 from .sockets import Listener, bind_all, close_all, describe, inherit_listen_fds
 
 __all__ = ["serve"]
