@@ -487,9 +487,11 @@ _BOOTSTRAP = ("(threading.py:", "<frozen runpy>", "liveswap/template/process.py"
 
 
 def profile(seconds: float) -> dict[str, Any]:
-    """py-spy on liveswap's busiest process (its worker) under the trivial keep-alive load, sampling
-    only the thread that holds the GIL (``--gil``: where Python time goes, not the threads waiting):
-    the functions with the most samples, on their own (self) and with what they call (total)."""
+    """py-spy on liveswap's busiest process (its worker) under the trivial keep-alive load, with C
+    frames (``--native``: a syscall shows as libc's ``write`` or ``read``, not as the Python line
+    that made it): the functions with the most samples, on their own (self) and with what they call
+    (total). py-spy's samples over-weight syscalls against /proc's user/system split (printed too):
+    read the two together."""
     spy = shutil.which("py-spy") or str(BIN / "py-spy")
     if not os.path.exists(spy):
         raise BenchError("py-spy is not installed (.venv/bin/pip install py-spy)")
@@ -505,7 +507,7 @@ def profile(seconds: float) -> dict[str, Any]:
         time.sleep(0.5)  # let wrk's connections open before sampling
         t0, times0, wait0 = time.perf_counter(), _user_system(worker), runqueue_wait([worker])
         subprocess.run(
-            [spy, "record", "-p", str(worker), "-d", str(max(1, int(seconds))), "-r", "500", "--gil"]
+            [spy, "record", "-p", str(worker), "-d", str(max(1, int(seconds))), "-r", "500", "--native"]
             + ["-f", "raw", "-o", str(out)],
             capture_output=True,
             timeout=seconds + 60,
@@ -547,9 +549,10 @@ def profile(seconds: float) -> dict[str, Any]:
         "worker_runqueue_wait_share": round((wait1 - wait0) / wall, 2),
         "self": top(own, 15),
         "self_lines": top(own_lines, 10),
-        "total": top(total, 20),
+        # less the frames under (nearly) every sample: the loop's own run_forever, uv_run and the like
+        "total": top(collections.Counter({f: n for f, n in total.items() if n < 0.99 * samples}), 20),
     }
-    say(f"\nprofile of liveswap's worker (pid {worker}), trivial app, keep-alive, {samples} samples (--gil)")
+    say(f"\nprofile of liveswap's worker (pid {worker}), trivial app, keep-alive, {samples} samples (--native)")
     say(
         f"  {rps:.0f} req/s while sampled (py-spy slows it); the worker used {result['worker_user_cores']} cores"
         f" in user mode and {result['worker_system_cores']} in the kernel (syscalls: reads, writes, epoll),"
