@@ -497,6 +497,32 @@ def test_file_wrapper_download(pep: Instance, path: str, size: int) -> None:
     assert len(r.content) == size and sha(r.content) == sha(pattern(size))
 
 
+@pytest.mark.parametrize("path", ["/file", "/raw/file"])
+def test_file_wrapper_sends_from_the_files_position_and_no_more_than_content_length(pep: Instance, path: str) -> None:
+    size = 5 * MIB
+    with conn(pep) as c:
+        c.send(
+            raw_request(pep, f"{path}?size={size}&offset=100&length=1000")
+            + raw_request(pep, f"{path}?size={size}&offset={MIB}")
+            + raw_request(pep, "/hello")
+        )
+        part, rest, after = c.read_response(), c.read_response(), c.read_response()
+    assert part.body == pattern(size)[100:1100]
+    assert rest.body == pattern(size)[MIB:]
+    assert after.status == 200 and after.text.startswith("hello")
+
+
+def test_a_slow_reader_of_a_file_does_not_hold_up_the_worker(pep: Instance) -> None:
+    """--threads 1: the file goes out from the event loop, so a client that reads it slowly does
+    not keep the worker's one thread from other requests."""
+    with socket.create_connection((pep.host, pep.port), timeout=10) as slow:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        slow.sendall(raw_request(pep, f"/raw/file?size={64 * MIB}"))
+        assert slow.recv(4096).startswith(b"HTTP/1.1 200")  # it has begun; now the client reads nothing
+        r = httpx.get(f"{pep.url}/hello", timeout=5)
+        assert r.status_code == 200
+
+
 def io_counter(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/io") as f:
         for line in f:
@@ -719,6 +745,14 @@ def test_framework_file_download(instances: Instances, kind: str) -> None:
     assert r.headers["content-length"] == str(size)
     assert "attachment" in r.headers["content-disposition"] and "data.bin" in r.headers["content-disposition"]
     assert sha(r.content) == sha(pattern(size))
+
+
+def test_flask_range_request(instances: Instances) -> None:
+    inst = instances["flask"]  # (Django's FileResponse answers a Range request in full)
+    size = 3 * MIB
+    r = httpx.get(f"{inst.url}/download?size={size}", headers={"Range": "bytes=1000-1999"}, timeout=30)
+    assert r.status_code == 206, r.headers
+    assert r.content == pattern(size)[1000:2000]
 
 
 @pytest.mark.parametrize("kind", ["flask", "django"])

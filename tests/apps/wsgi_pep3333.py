@@ -20,7 +20,8 @@ Routes (``GET`` unless said):
   ``/closed?token=T`` answers ``closed after K`` (K chunks produced) once its close() was called.
 - ``/exc-before``: start_response(200), an error, start_response(500, ..., exc_info): replaced.
 - ``/exc-after?size=S``: a first chunk of S bytes, then start_response(..., exc_info): must re-raise.
-- ``/file?size=N&blksize=B`` (and ``/raw/file``): ``wsgi.file_wrapper`` of a file of N deterministic bytes.
+- ``/file?size=N&blksize=B&offset=O&length=L`` (and ``/raw/file``): ``wsgi.file_wrapper`` of a file of N
+  deterministic bytes, seeked to O, with a Content-Length of L (default: the rest).
 - ``/stream?mb=N``: a generator of N fresh 1 MiB chunks (backpressure: the worker must not buffer).
 - ``/nolength?n=N``: N chunks from a generator, no Content-Length. ``/hello``: with Content-Length.
   ``/mislength?declared=D&sent=S``: a Content-Length of D, S bytes sent. ``/latin1``: a latin-1 header.
@@ -188,8 +189,11 @@ def file_of(size: int) -> str:
 def _file(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     q = _query(environ)
     size = int(q.get("size", "100000"))
+    offset = int(q.get("offset", "0"))
     f = open(file_of(size), "rb")  # noqa: SIM115  # closed by the file wrapper's close()
-    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
+    f.seek(offset)  # the server sends from the file's position...
+    length = q.get("length", str(size - offset))  # ...and never more than the Content-Length
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", length)])
     wrapper = environ["wsgi.file_wrapper"]
     result: Iterable[bytes] = wrapper(f, int(q.get("blksize", "65536")))
     return result
