@@ -101,10 +101,11 @@ class Instance:
 
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
+        with self.proc.stdout:  # closed here when the last writer is gone, even after the test ended
+            for line in self.proc.stdout:
+                with self.cond:
+                    self.lines.append(line.rstrip("\n"))
+                    self.cond.notify_all()
         with self.cond:
             self.lines.append("<<EOF>>")
             self.cond.notify_all()

@@ -10,7 +10,7 @@ framed and written with backpressure.
 - ``--threads N``: the app and its iterable run in the pool (``wsgi_threads.py``).
 - Framing (PEP 3333, RFC 9112): the app's ``Content-Length``; else one we compute when the whole
   body is known; else chunked on HTTP/1.1, or close-delimited on HTTP/1.0. HEAD, 1xx, 204 and 304
-  carry no body. A body shorter or longer than its ``Content-Length`` closes the connection.
+  carry no body. Past its ``Content-Length`` a body is cut short; a shorter one closes the connection.
 """
 
 from __future__ import annotations
@@ -158,18 +158,7 @@ class WSGICycle(ThreadedResponse):
         self._pump()
 
     def _answer_special(self, answer: bytes) -> None:
-        transport = self.proto.transport
-        if answer == b"307":  # dev: a request that reached old code while it drains goes to the new
-            path = self.environ["SCRIPT_NAME"] + self.environ["PATH_INFO"]
-            target = path.encode("latin-1") + (
-                b"?" + self.environ["QUERY_STRING"].encode("latin-1") if self.environ["QUERY_STRING"] else b""
-            )
-            answer = (
-                b"HTTP/1.1 307 Temporary Redirect\r\nlocation: "
-                + target
-                + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            )
-        transport.write(answer)
+        self.proto.transport.write(answer)  # a 431, 503 or dev's 307: the app is not called
         self.code = int(answer[9:12])
         self.keep_alive = False
         self.response_started = True
@@ -245,6 +234,8 @@ class WSGICycle(ThreadedResponse):
 
     def _whole(self, body: bytes) -> None:
         try:
+            if type(body) is not bytes:
+                raise TypeError(f"the app's body is {type(body).__name__}, not bytes (PEP 3333)")
             head = self._head(len(body))
         except BaseException as exc:  # noqa: BLE001
             self._failed(exc)
@@ -260,15 +251,21 @@ class WSGICycle(ThreadedResponse):
         self._complete()
 
     def _mismatch(self, head: bytes, body: bytes) -> None:
-        log.error(
-            "WSGI app %s: body of %d bytes against a Content-Length of %d; closing the connection",
-            self.environ["PATH_INFO"],
-            len(body),
-            self.remaining,
-        )
-        self.proto.transport.write(head + body[: self.remaining])
-        self.proto.transport.close()
-        self.keep_alive = False
+        # Longer than its Content-Length: what is past it is dropped (as gunicorn does), the framing
+        # stays right and the connection goes on. Shorter: the client would wait for the rest, so
+        # the connection is closed.
+        remaining = self.remaining or 0
+        self.proto.transport.write(head + body[:remaining])
+        if len(body) < remaining:
+            log.error(
+                "WSGI app %s: body of %d bytes against a Content-Length of %d; closing the connection",
+                self.environ["PATH_INFO"],
+                len(body),
+                remaining,
+            )
+            self.proto.transport.close()
+            self.keep_alive = False
+        self.remaining = 0
         self._complete()
 
     def _send(self, data: bytes) -> None:
@@ -283,13 +280,15 @@ class WSGICycle(ThreadedResponse):
         if self.disconnected or self.response_complete:
             return b""
         head = b"" if self.response_started else self._head(None)
+        if type(data) is not bytes:
+            raise TypeError(f"the app's body is {type(data).__name__}, not bytes (PEP 3333)")
         if self.no_body or not data:
             return head
         if self.chunked:
             return b"".join((head, b"%x\r\n" % len(data), data, b"\r\n"))
         if self.remaining is not None:
-            if len(data) > self.remaining:
-                raise ValueError(f"response longer than its Content-Length ({self.environ['PATH_INFO']})")
+            if len(data) > self.remaining:  # past its Content-Length: dropped, as gunicorn does
+                data = data[: self.remaining]
             self.remaining -= len(data)
         return head + data if head else data
 
@@ -312,6 +311,9 @@ class WSGICycle(ThreadedResponse):
                     self._end()
                     return
                 self._send(chunk)
+                if self.remaining == 0:  # its Content-Length is sent: the rest would be dropped
+                    self._end()
+                    return
         except BaseException as exc:  # noqa: BLE001
             self._failed(exc)
             return
@@ -346,12 +348,12 @@ class WSGICycle(ThreadedResponse):
                 log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
 
     def _failed(self, exc: BaseException) -> None:
-        log.error(
-            "Exception in WSGI application (%s %s)",
-            self.environ["REQUEST_METHOD"],
-            self.environ["PATH_INFO"],
-            exc_info=exc,
-        )
+        env = self.environ
+        if self.disconnected or self.proto.transport.is_closing() or isinstance(exc, ConnectionError):
+            # The client went away (the app's write() or our sendfile met it): not the app's error.
+            log.debug("client gone during %s %s: %s", env["REQUEST_METHOD"], env["PATH_INFO"], exc)
+        else:
+            log.error("Exception in WSGI application (%s %s)", env["REQUEST_METHOD"], env["PATH_INFO"], exc_info=exc)
         self._close_result()
         if self.response_complete:
             return

@@ -91,6 +91,7 @@ _503 = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 19\r\n"
     b"connection: close\r\n\r\nService Unavailable"
 )
+_307 = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 32\r\nconnection: close\r\n\r\nRequest header fields too large."
@@ -178,8 +179,8 @@ class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
                 if size > self.limits.max_header_bytes:
                     self.limits.oversized_headers += 1
                     special = _431
-            elif isinstance(app, _ToNewCode):
-                special = b"307"
+            elif isinstance(app, _ToNewCode):  # dev: what reaches old code while it drains goes to the new
+                special = _307 % self.url  # the request target as it came
         limit = self.limit_concurrency
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             special = _503

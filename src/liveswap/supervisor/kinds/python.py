@@ -58,6 +58,9 @@ class PythonWorkers:
         self.on_imported = on_imported
         self.after_switch = after_switch or (lambda work: work())
         self.listeners = list(listeners)
+        # Named once: at a stop the supervisor closes its copies of the listeners first, and a boot
+        # still in flight must not ask a closed socket for its address (an internal error, then a hang).
+        self.health_host = settings.health_host or health_host(self.listeners)
         self.notify_socket = notify_socket
         self.spawn_task = spawn_task
         env = dict(os.environ)
@@ -135,7 +138,7 @@ class PythonWorkers:
         # the app has started, without a round trip after READY (the answer is read only after it).
         # A worker that already exited (its import failed) has closed its end: its exit and its own
         # boot error tell the boot what happened, not this broken pipe.
-        health_request = request(self.settings.health_path, self.settings.health_host or health_host(self.listeners))
+        health_request = request(self.settings.health_path, self.health_host)
         with contextlib.suppress(OSError):
             if self.certs is None:  # (over TLS, the request follows the handshake: check_health)
                 health.sendall(health_request)
