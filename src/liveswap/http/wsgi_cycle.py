@@ -20,6 +20,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 from .wsgi import FileWrapper, close_iterable
@@ -40,15 +41,8 @@ _500 = (
 )
 
 
-class _NoEvent:
-    """uvicorn's protocol sets its ASGI cycle's ``message_event`` when the connection is lost."""
-
-    def set(self) -> None:
-        pass
-
-
 class WSGICycle(ThreadedResponse):
-    message_event = _NoEvent()
+    message_event = SimpleNamespace(set=lambda: None)  # uvicorn's connection_lost sets it
 
     def __init__(self, proto: Any, environ: dict[str, Any], keep_alive: bool, expect_100: bool) -> None:
         self.proto = proto
@@ -105,6 +99,12 @@ class WSGICycle(ThreadedResponse):
             self.run()
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - never into the parser's callback (it would answer 400)
+            self._failed(exc)
+
+    def _run(self) -> None:
         if self.special is not None:
             self._answer_special(self.special)
             return
