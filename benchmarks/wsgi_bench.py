@@ -488,8 +488,9 @@ def check_targets(summaries: dict[str, Any]) -> list[dict[str, Any]]:
 _BOOTSTRAP = ("(threading.py:", "<frozen runpy>", "liveswap/template/process.py", "concurrent/futures/thread.py")
 
 
-def profile(seconds: float) -> dict[str, Any]:
-    """py-spy on liveswap's busiest process (its worker) under the trivial keep-alive load, with C
+def profile(seconds: float, mode: str = "keep-alive") -> dict[str, Any]:
+    """py-spy on liveswap's busiest process (its worker) under the trivial app's load (``mode``:
+    keep-alive or close), with C
     frames (``--native``: a syscall shows as libc's ``write`` or ``read``, not as the Python line
     that made it): the functions with the most samples, on their own (self) and with what they call
     (total). py-spy's samples over-weight syscalls against /proc's user/system split (printed too):
@@ -502,10 +503,11 @@ def profile(seconds: float) -> dict[str, Any]:
         srv.start()
         pids = srv.pids()
         cpu0 = {p: cpu_seconds(p) for p in pids}
-        run_wrk(srv.port, 1.0, threads=WRK_THREADS, conns=WRK_CONNS)
+        close = mode == "close"
+        run_wrk(srv.port, 1.0, threads=WRK_THREADS, conns=WRK_CONNS, close=close)
         worker = max(pids, key=lambda p: cpu_seconds(p) - cpu0[p])
         out = srv.tmp / "profile.txt"
-        wrk = wrk_start(srv.port, seconds + 2, WRK_THREADS, WRK_CONNS)
+        wrk = wrk_start(srv.port, seconds + 2, WRK_THREADS, WRK_CONNS, close=close)
         time.sleep(0.5)  # let wrk's connections open before sampling
         t0, times0, wait0 = time.perf_counter(), _user_system(worker), runqueue_wait([worker])
         subprocess.run(
@@ -554,7 +556,7 @@ def profile(seconds: float) -> dict[str, Any]:
         # less the frames under (nearly) every sample: the loop's own run_forever, uv_run and the like
         "total": top(collections.Counter({f: n for f, n in total.items() if n < 0.99 * samples}), 20),
     }
-    say(f"\nprofile of liveswap's worker (pid {worker}), trivial app, keep-alive, {samples} samples (--native)")
+    say(f"\nprofile of liveswap's worker (pid {worker}), trivial app, {mode}, {samples} samples (--native)")
     say(
         f"  {rps:.0f} req/s while sampled (py-spy slows it); the worker used {result['worker_user_cores']} cores"
         f" in user mode and {result['worker_system_cores']} in the kernel (syscalls: reads, writes, epoll),"
@@ -600,12 +602,18 @@ def main() -> None:
         help="seconds of re-measurements in all (keeps the default run near 3 minutes on a busy machine)",
     )
     parser.add_argument("--profile", type=float, default=0.0, help="also py-spy liveswap's worker for this long")
+    parser.add_argument("--profile-modes", default="keep-alive", help="comma-separated: keep-alive, close")
     parser.add_argument(
         "--snapshot",
         metavar="COMMIT",
         help="run liveswap from `git archive COMMIT src` (others may be editing the working tree meanwhile)",
     )
     args = parser.parse_args()
+    unknown = [c for c in args.cases.split(",") if c and c not in CASES]
+    unknown += [m for m in args.profile_modes.split(",") if m and m not in MODES]
+    if unknown:
+        known = f"cases: {', '.join(CASES)}; modes: {', '.join(MODES)}"
+        parser.error(f"unknown case or profile mode {', '.join(unknown)} ({known})")
     cases = [CASES[c] for c in args.cases.split(",") if c]
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
@@ -663,7 +671,7 @@ def run(args: argparse.Namespace, cases: list[Case], t0: float) -> None:
             f"  ! {disturbed} of {len(runs)} runs were disturbed (others took more than {args.disturbed:g} cores"
             " even after the retries): their req/s measure the machine's load as much as the server"
         )
-    prof = profile(args.profile) if args.profile > 0 else None
+    prof = {m: profile(args.profile, m) for m in args.profile_modes.split(",") if m} if args.profile > 0 else None
     info["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     elapsed = round(time.perf_counter() - t0, 1)
     path = write_results(
