@@ -531,10 +531,12 @@ def io_counter(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/io")
 
 
-def test_file_wrapper_uses_sendfile(pep: Instance) -> None:
+@pytest.mark.parametrize("name", ["pep", "threads4"])
+def test_file_wrapper_uses_sendfile(instances: Instances, name: str) -> None:
     """Issue 10: wsgi.file_wrapper is sent with sendfile where the transport allows (plain TCP
     here). Read in the app's 4 KiB blocks, 32 MiB takes 8192 read() calls; sendfile moves far more
     per call (what the socket takes), and each counts once in the process's syscr."""
+    pep = instances[name]
     (pid,) = pep.worker_pids()
     size, blksize = 32 * MIB, 4096
     url = f"{pep.url}/raw/file?size={size}&blksize={blksize}"
