@@ -93,6 +93,7 @@ class WorkerServer:
         self.servers: list[asyncio.AbstractServer] = []
         self._adopting: set[asyncio.Task[Any]] = set()  # queued connections accepted at a final stop
         self._ticker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by startup()
         self.started_at = time.monotonic()
 
     def _protocol(self, _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
@@ -102,7 +103,7 @@ class WorkerServer:
             config=self.config,
             server_state=self.state,
             app_state=self.lifespan.state,
-            _loop=_loop,
+            _loop=_loop or self._loop,  # (uvicorn would ask get_event_loop() per connection: a getpid())
             limits=self.limits,
             **extra,
         )
@@ -111,7 +112,8 @@ class WorkerServer:
     async def startup(self) -> None:
         """Run the app's lifespan startup; raises StartupFailed."""
         self._refresh_headers()
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        self._loop = asyncio.get_running_loop()
+        self._ticker = self._loop.create_task(self._tick())
         await self.lifespan.startup()
 
     def _refresh_headers(self) -> None:
