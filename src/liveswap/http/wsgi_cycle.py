@@ -148,6 +148,10 @@ class WSGICycle(ThreadedResponse):
             runner.streaming = self
             self._to_thread(runner.stream_pool(), self._iterate)
             return
+        self._send_file(result)
+
+    def _send_file(self, result: Any) -> None:
+        """A buffered response or a ``wsgi.file_wrapper`` (sendfile where it can), from the loop."""
         try:
             if isinstance(result, FileWrapper) and send_file(self, result):
                 return

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .wsgi import close_iterable
+from .wsgi import FileWrapper, close_iterable
 
 __all__ = ["ThreadedResponse", "buffered"]
 
@@ -57,6 +57,7 @@ class ThreadedResponse:
     _failed: Callable[[BaseException], None]
     _send: Callable[[bytes], None]
     _frame: Callable[[bytes], bytes]
+    _send_file: Callable[[FileWrapper], None]
 
     def _write_inline(self, data: bytes) -> None:
         """``write()`` called by an app running in the loop's thread: the loop cannot flush the
@@ -95,6 +96,10 @@ class ThreadedResponse:
                 body = result[0] if len(result) == 1 else b"".join(result)
                 loop.call_soon_threadsafe(self._whole, body)
                 return
+            if isinstance(result, FileWrapper) and not self.handed:  # the loop sends it (sendfile)
+                result, file = None, result
+                loop.call_soon_threadsafe(self._file_in_loop, file)
+                return
             for chunk in result:
                 if self.disconnected:
                     break
@@ -109,6 +114,11 @@ class ThreadedResponse:
                     close_iterable(result)
                 except BaseException as exc:  # noqa: BLE001
                     log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
+
+    def _file_in_loop(self, file: FileWrapper) -> None:
+        self.thread = False  # from here on the loop's: its close() too
+        self.result = file
+        self._send_file(file)
 
     def _iterate(self) -> None:
         """The stream thread: the rest of a response the app already returned."""
