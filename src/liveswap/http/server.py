@@ -54,6 +54,7 @@ class WorkerServer:
         date_header: bool = True,
         root_path: str = "",
         threads: int = 1,
+        stall_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.sockets = list(sockets)
@@ -88,7 +89,7 @@ class WorkerServer:
         self.config.loaded_app = self.access.wrap(self.health_app)
         self.state = ServerState()
         # A WSGI app as load_app gives it (not wrapped in ASGI middleware): the native WSGI path.
-        self.wsgi = _native_wsgi(app, self.config, threads, root_path, proxy_headers, self.access)
+        self.wsgi = _native_wsgi(app, self.config, threads, root_path, proxy_headers, self.access, stall_timeout)
         self.lifespan = Lifespan(self.health_app, "off" if self.wsgi is not None else lifespan)
         self.servers: list[asyncio.AbstractServer] = []
         self._adopting: set[asyncio.Task[Any]] = set()  # queued connections accepted at a final stop
@@ -216,7 +217,7 @@ class WorkerServer:
 
 
 def _native_wsgi(
-    app: Any, config: uvicorn.Config, threads: int, root_path: str, proxy_headers: bool, access: Any
+    app: Any, config: uvicorn.Config, threads: int, root_path: str, proxy_headers: bool, access: Any, stall: float
 ) -> Any:
     """The WSGIRunner for a WSGI app served natively (httptools' parser), else None."""
     from .wsgi import NativeWSGI
@@ -242,6 +243,7 @@ def _native_wsgi(
         forwarded_allow_ips=config.forwarded_allow_ips,
         access=access,
         metrics=metrics,
+        stall_timeout=stall,
     )
 
 

@@ -42,10 +42,12 @@ class WSGIRunner:
         forwarded_allow_ips: str | list[str] | None = None,
         access: Any = None,
         metrics: Any = None,
+        stall_timeout: float = 30.0,
     ) -> None:
         self.app = app.app
         self.access = access if access is not None and access.enabled else None
         self.metrics = metrics  # the debug server's Metrics (liveswap.debug), when it runs
+        self.stall_timeout = stall_timeout  # a client that reads nothing of a response this long is cut off
         self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="liveswap-wsgi") if threads > 1 else None
         # --threads 1: the request whose response streams from the stream thread, and the requests

@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -144,8 +145,22 @@ class ThreadedResponse:
         cond = self.cond
         assert cond is not None
         self.handed = True
+        stall = self.proto.runner.stall_timeout
+        deadline = time.monotonic() + stall if stall > 0 else float("inf")
         with cond:
             while not self.disconnected and (self.inflight > _THREAD_INFLIGHT or self.proto.flow.write_paused):
+                if time.monotonic() > deadline:
+                    # A client that takes nothing for --worker-timeout holds a thread (with --threads 1,
+                    # the worker's only one): cut it off, as gunicorn's timeout would kill the worker.
+                    log.warning(
+                        "%s %s: the client read nothing for %.0f s; connection closed",
+                        self.environ["REQUEST_METHOD"],
+                        self.environ["PATH_INFO"],
+                        stall,
+                    )
+                    self.disconnected = True
+                    self.proto.loop.call_soon_threadsafe(self.proto.transport.abort)
+                    return
                 cond.wait(0.5)
             if self.disconnected:
                 return

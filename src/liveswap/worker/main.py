@@ -222,6 +222,7 @@ async def _serve(
         **settings.http_options(),
         redirect_while_draining=dev is not None,  # dev: what arrives during a reload goes to the new code
         threads=settings.threads,
+        stall_timeout=settings.worker_timeout,  # WSGI: a client that takes nothing holds a thread no longer
         ssl_context=public_tls,
     )
     try:
