@@ -11,7 +11,6 @@ import socket
 import time
 
 import httpx
-
 from conftest import MakeInstance
 
 PEP = "wsgi_pep3333:application"
