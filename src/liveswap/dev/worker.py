@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..debug._asgi import ASGIApp, Receive, Scope, Send
+from ..http.wsgi import NativeWSGI
 from .errorpage import Failure, error_app
 from .refresh import EVENTS_PATH, RefreshHub, RefreshMiddleware
 
@@ -71,6 +72,10 @@ class DevWorker:
         """The app with the refresh script in its HTML pages and the event stream beside it."""
         if not self.browser_reload:
             return app  # type: ignore[no-any-return]
+        if isinstance(app, NativeWSGI):  # stays on the native WSGI path, the stream served beside it
+            from .refresh_wsgi import WSGIRefresh
+
+            return NativeWSGI(WSGIRefresh(app.app, self.generation), asgi_paths={EVENTS_PATH: self.hub})
         return self._with_events(RefreshMiddleware(app, self.generation))
 
     def _with_events(self, app: ASGIApp) -> ASGIApp:

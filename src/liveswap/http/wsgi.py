@@ -24,13 +24,21 @@ __all__ = ["FileWrapper", "NativeWSGI", "close_iterable", "environ_base", "heade
 
 
 class NativeWSGI:
-    """A WSGI app served natively; called as ASGI, it goes through a2wsgi (the fallback)."""
+    """A WSGI app served natively; called as ASGI, it goes through a2wsgi (the fallback).
 
-    def __init__(self, app: Callable[..., Any]) -> None:
+    ``asgi_paths``: request paths served by an ASGI app beside it (``liveswap dev``'s event stream).
+    """
+
+    def __init__(self, app: Callable[..., Any], asgi_paths: dict[str, Any] | None = None) -> None:
         self.app = app
+        self.asgi_paths = {path.encode("latin-1"): asgi for path, asgi in (asgi_paths or {}).items()}
         self._asgi: Any = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        beside = self.asgi_paths.get(scope.get("raw_path", b"")) if scope["type"] == "http" else None
+        if beside is not None:
+            await beside(scope, receive, send)
+            return
         if self._asgi is None:
             from a2wsgi import WSGIMiddleware
 

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 import httptools
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -45,6 +45,7 @@ class WSGIRunner:
         stall_timeout: float = 30.0,
     ) -> None:
         self.app = app.app
+        self.asgi_paths = app.asgi_paths  # (raw path -> ASGI app: served by uvicorn's own cycle)
         self.access = access if access is not None and access.enabled else None
         self.metrics = metrics  # the debug server's Metrics (liveswap.debug), when it runs
         self.stall_timeout = stall_timeout  # a client that reads nothing of a response this long is cut off
@@ -129,12 +130,16 @@ class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
-        if cycle is not None and not cycle.response_complete:
+        if type(cycle) is WSGICycle and not cycle.response_complete:
             cycle.lost()
         pipelined = list(self.pipeline)
         self.pipeline.clear()
-        for queued, _ in pipelined:
-            cast(Any, queued).lost()
+        for entry, _ in pipelined:
+            queued: Any = entry
+            if type(queued) is WSGICycle:
+                queued.lost()
+            else:
+                queued.disconnected = True
 
     def on_message_begin(self) -> None:
         self.url = b""
@@ -144,6 +149,11 @@ class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self.transport.is_closing():
             return  # pipelined behind a response that closed the connection: never started
+        if self.runner.asgi_paths:
+            beside = self.runner.asgi_paths.get(self.url.partition(b"?")[0])
+            if beside is not None:
+                self._asgi_request(beside)
+                return
         parser = self.parser
         version = parser.get_http_version()
         method = parser.get_method().decode("ascii")
@@ -201,19 +211,48 @@ class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, None))  # type: ignore[arg-type]  # ours, not an ASGI cycle
 
+    def _asgi_request(self, app: Any) -> None:
+        """A request for a path served by an ASGI app beside the WSGI app: uvicorn's own cycle."""
+        self.scope = {  # as uvicorn's on_message_begin makes it (ours skips that for WSGI requests)
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+        wsgi_app, self.app = self.app, app
+        try:
+            HttpToolsProtocol.on_headers_complete(self)
+        finally:
+            self.app = wsgi_app
+        if self.limits.draining:
+            self._close_after(self.cycle)
+
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if app is not None:  # an ASGI request pipelined behind another
+            HttpToolsProtocol._start_asgi_task(self, cycle, app)
+            return
         # The next pipelined request, once the one before it completed: started on the next turn of
         # the loop rather than inside that completion (no recursion through a long pipeline).
         self.loop.call_soon(cycle.activate)
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
+        if type(cycle) is not WSGICycle:
+            HttpToolsProtocol.on_body(self, body)
+        elif not cycle.response_complete:
             cycle.feed(body)
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.more_body:
+        if type(cycle) is not WSGICycle:
+            HttpToolsProtocol.on_message_complete(self)
+            return
+        if cycle.response_complete or not cycle.more_body:
             return
         cycle.more_body = False
         if not cycle.active:
