@@ -136,8 +136,8 @@ OPTIONS: tuple[Option, ...] = (
         "worker_timeout",
         30.0,
         "A live worker whose event loop has not turned for this long is hung: a replacement boots and passes its "
-        "health check, then the hung one's stacks are logged and it is killed (0 disables). WSGI: also how long a client "
-        "may read nothing of a response before it is cut off.",
+        "health check, then the hung one's stacks are logged and it is killed (0 disables). WSGI: also how long a "
+        "client may read nothing of a response before it is cut off.",
         parse_duration,
     ),
     Option(

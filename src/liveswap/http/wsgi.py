@@ -15,12 +15,15 @@ refresh script, the debug metrics) keeps working; ``WorkerServer`` serves an unw
 from __future__ import annotations
 
 import io
+import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 __all__ = ["FileWrapper", "NativeWSGI", "close_iterable", "environ_base", "header_key", "path_info"]
+
+log = logging.getLogger("liveswap.worker")
 
 
 class NativeWSGI:
@@ -114,7 +117,12 @@ def path_info(raw_path: bytes, root_path: str) -> str:
     return path
 
 
-def close_iterable(result: Iterable[bytes]) -> None:
+def close_iterable(result: Iterable[bytes], path: str) -> None:
+    """PEP 3333: the server calls the iterable's ``close()``, whatever happened; what it raises is logged."""
     close = getattr(result, "close", None)
-    if close is not None:
+    if close is None:
+        return
+    try:
         close()
+    except BaseException as exc:  # noqa: BLE001 - the app's; the response is over either way
+        log.error("WSGI app %s: its iterable's close() raised", path, exc_info=exc)

@@ -346,10 +346,7 @@ class WSGICycle(ThreadedResponse):
     def _close_result(self) -> None:
         result, self.result = self.result, None
         if result is not None and not self.thread:
-            try:
-                close_iterable(result)
-            except BaseException as exc:  # noqa: BLE001
-                log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
+            close_iterable(result, self.environ["PATH_INFO"])
 
     def _failed(self, exc: BaseException) -> None:
         env = self.environ

@@ -89,32 +89,22 @@ class ThreadedResponse:
         pool.submit(work)
 
     def _in_thread(self) -> None:
+        """--threads N: the app, then its response, in a pool thread."""
         loop = self.proto.loop
-        result: Any = None
         try:
             result = self.proto.runner.app(self.environ, self.start_response)
             if type(result) is list and not self.handed:
                 body = result[0] if len(result) == 1 else b"".join(result)
                 loop.call_soon_threadsafe(self._whole, body)
                 return
-            if isinstance(result, FileWrapper) and not self.handed:  # the loop sends it (sendfile)
-                result, file = None, result
-                loop.call_soon_threadsafe(self._file_in_loop, file)
-                return
-            for chunk in result:
-                if self.disconnected:
-                    break
-                if chunk:
-                    self._thread_write(chunk)
-            loop.call_soon_threadsafe(self._end)
         except BaseException as exc:  # noqa: BLE001
             loop.call_soon_threadsafe(self._failed, exc)
-        finally:
-            if result is not None and type(result) is not list:
-                try:
-                    close_iterable(result)
-                except BaseException as exc:  # noqa: BLE001
-                    log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
+            return
+        if isinstance(result, FileWrapper) and not self.handed:  # the loop sends it (sendfile)
+            loop.call_soon_threadsafe(self._file_in_loop, result)
+            return
+        self.result = result
+        self._iterate()
 
     def _file_in_loop(self, file: FileWrapper) -> None:
         self.thread = False  # from here on the loop's: its close() too
@@ -135,10 +125,7 @@ class ThreadedResponse:
         except BaseException as exc:  # noqa: BLE001
             loop.call_soon_threadsafe(self._failed, exc)
         finally:
-            try:
-                close_iterable(result)
-            except BaseException as exc:  # noqa: BLE001
-                log.error("WSGI app %s: its iterable's close() raised", self.environ["PATH_INFO"], exc_info=exc)
+            close_iterable(result, self.environ["PATH_INFO"])
 
     def _thread_write(self, data: bytes) -> None:
         """The thread's write: hand the chunk to the loop, waiting while the transport is full."""
