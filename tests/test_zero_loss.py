@@ -143,6 +143,24 @@ def test_reloads_under_load_lose_nothing(liveswap: MakeInstance, kind: str, mode
     assert status["reloads_ok"] == RELOADS and status["reloads_failed"] == 0, status
 
 
+@pytest.mark.parametrize("mode", ["keepalive", "post"])
+def test_wsgi_thread_pool_reloads_under_load_lose_nothing(liveswap: MakeInstance, mode: str) -> None:
+    """The native WSGI path with ``--threads 4`` (each request handed to a pool thread and back)
+    under keep-alive and POST load across reloads: nothing lost, every POST body echoed whole."""
+    rng = random.Random(f"zero-loss threads {mode}")
+    inst = _start(liveswap, "flask", workers=2, threads=4)
+    lc = _load(inst, mode)
+    try:
+        versions = _reload_many(inst, RELOADS, rng)
+        lc.wait_for(lambda r: versions[-1] in r.versions, timeout=15)
+    finally:
+        result = lc.stop()
+    assert result.failed == 0, result.summary()
+    assert result.ok > RELOADS * 5, result.summary()
+    if mode == "post":
+        assert result.verified == result.ok, result.summary()
+
+
 @pytest.mark.parametrize("kind", ["raw_asgi", "wsgi_func"])
 def test_pipelined_load_loses_nothing_across_reloads(liveswap: MakeInstance, kind: str) -> None:
     """Pipelined keep-alive load (4 requests per write) across reloads: every request answered."""
