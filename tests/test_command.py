@@ -87,13 +87,19 @@ class CommandInstance(Instance):
         return self
 
     def kill_group(self) -> None:
-        """SIGKILL liveswap's group, then what is left of the commands it started: each leads a
-        group of its own, and the workers of a server killed with liveswap (gunicorn's) would live on,
+        """Stop liveswap gracefully (it stops each command's group), SIGKILL its group if that takes
+        over 10 s, then end what is left of the commands it started: each leads a group of its own,
+        and the workers of a server whose master died with liveswap (gunicorn's) would live on,
         holding our output pipe open. They are found by this instance's own XDG_RUNTIME_DIR."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
         mine = f"XDG_RUNTIME_DIR={self.runtime}".encode()
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
