@@ -250,11 +250,14 @@ class _HeadCheck:
         self.app = app
         self.limits = limits
 
+    def too_large(self, target: int, headers: Any) -> bool:
+        """Whether a head with a request target of ``target`` bytes and these headers is over the
+        limit (counted as they came: the request line's framing plus ``name: value\r\n`` each)."""
+        return target + 16 + sum(len(name) + len(value) + 4 for name, value in headers) > self.limits.max_header_bytes
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        size = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + 16
-        for name, value in scope.get("headers", ()):
-            size += len(name) + len(value) + 4
-        if size <= self.limits.max_header_bytes:
+        target = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+        if not self.too_large(target, scope.get("headers", ())):
             await self.app(scope, receive, send)
             return
         self.limits.oversized_headers += 1

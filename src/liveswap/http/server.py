@@ -13,6 +13,7 @@ import copy
 import logging
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
@@ -223,8 +224,12 @@ def _native_wsgi(
     from .wsgi import NativeWSGI
 
     metrics = None
-    if type(app).__name__ == "MetricsMiddleware" and isinstance(getattr(app, "app", None), NativeWSGI):
-        metrics, app = app.metrics, app.app  # the debug server's request metrics: counted natively
+    # The debug server's request metrics, counted natively. (Its module is loaded whenever an app
+    # can be wrapped in its middleware: a worker without the debug server need not import it.)
+    debug_metrics = sys.modules.get("liveswap.debug.metrics")
+    if debug_metrics is not None and isinstance(app, debug_metrics.MetricsMiddleware):
+        if isinstance(app.app, NativeWSGI):
+            metrics, app = app.metrics, app.app
     if not isinstance(app, NativeWSGI):
         return None
     from . import protocol

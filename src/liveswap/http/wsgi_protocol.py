@@ -18,7 +18,7 @@ import httptools
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .protocol import _Guard, _HeadCheck, _ToNewCode
+from .protocol import _431, _Guard, _HeadCheck, _ToNewCode
 from .wsgi import NativeWSGI, environ_base, header_key, path_info
 from .wsgi_cycle import WSGICycle
 
@@ -49,7 +49,6 @@ class WSGIRunner:
         self.access = access if access is not None and access.enabled else None
         self.metrics = metrics  # the debug server's Metrics (liveswap.debug), when it runs
         self.stall_timeout = stall_timeout  # a client that reads nothing of a response this long is cut off
-        self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="liveswap-wsgi") if threads > 1 else None
         # --threads 1: the request whose response streams from the stream thread, and the requests
         # waiting for it to end (one request at a time, as gunicorn's sync worker).
@@ -95,10 +94,6 @@ _503 = (
     b"connection: close\r\n\r\nService Unavailable"
 )
 _307 = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-_431 = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 32\r\nconnection: close\r\n\r\nRequest header fields too large."
-)
 
 
 class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
@@ -187,8 +182,7 @@ class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
         app = self.app
         if app is not self.plain_app:
             if isinstance(app, _HeadCheck):
-                size = len(self.url) + 16 + sum(len(n) + len(v) + 4 for n, v in self.headers)
-                if size > self.limits.max_header_bytes:
+                if app.too_large(len(self.url), self.headers):
                     self.limits.oversized_headers += 1
                     special = _431
             elif isinstance(app, _ToNewCode):  # dev: what reaches old code while it drains goes to the new
@@ -285,7 +279,3 @@ class GuardedWSGIProtocol(_Guard, HttpToolsProtocol):
         writer, self.writer = self.writer, None
         if writer is not None:
             writer()
-
-
-def is_native(app: Any) -> bool:
-    return isinstance(app, NativeWSGI)
