@@ -179,11 +179,15 @@ class Instance:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        self.end_leftovers()
         if self.proc is not None:
             # A process the command left (a server's own worker finishing its requests) may hold the
             # output pipe a while: the reader closes it when the last writer is gone.
             self.pump.join(3)
         shutil.rmtree(self.runtime, ignore_errors=True)
+
+    def end_leftovers(self) -> None:
+        """After liveswap has exited: end what it could not (nothing, for Python workers)."""
 
     def stop(self, timeout: float = 30.0) -> int:
         assert self.proc is not None

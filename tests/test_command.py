@@ -18,7 +18,6 @@ status of ``liveswap reload``) and on answers, never on sleeps.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -86,20 +85,11 @@ class CommandInstance(Instance):
                 self.host, self.port = http.group(1).strip("[]"), int(http.group(2))
         return self
 
-    def kill_group(self) -> None:
-        """Stop liveswap gracefully (it stops each command's group), SIGKILL its group if that takes
-        over 10 s, then end what is left of the commands it started: each leads a group of its own,
-        and the workers of a server whose master died with liveswap (gunicorn's) would live on,
-        holding our output pipe open. They are found by this instance's own XDG_RUNTIME_DIR."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+    def end_leftovers(self) -> None:
+        """What is left of the commands liveswap started: each leads a group of its own, and the
+        workers of a server whose master died with liveswap (gunicorn's, when liveswap had to be
+        SIGKILLed) would live on, holding our output pipe open. They are found by this instance's
+        own XDG_RUNTIME_DIR."""
         mine = f"XDG_RUNTIME_DIR={self.runtime}".encode()
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
@@ -108,7 +98,6 @@ class CommandInstance(Instance):
                         os.kill(int(proc.name), signal.SIGKILL)
                 except (OSError, ValueError):
                     continue
-        super().kill_group()
 
 
 class MakeCommand(Protocol):

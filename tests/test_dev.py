@@ -14,6 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import Instance, MakeDevInstance
+from devproject import SETTLED
+from devproject import reloaded as _reloaded
+from devproject import save as _save
+from devproject import views as _views
 from loadclient import LoadClient
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,14 +40,6 @@ async def app(scope, receive, send):
 """
 
 
-def _save(path: Path, text: str) -> None:
-    path.write_text(textwrap.dedent(text).lstrip())
-
-
-def _views(project: Path, value: str) -> None:
-    _save(project / "pkg" / "views.py", f"def message():\n    return {value!r}\n")
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
@@ -61,12 +57,6 @@ def project(tmp_path: Path) -> Path:
 def _version(inst: Instance) -> str:
     r = httpx.get(inst.url + "/", timeout=10, headers={"connection": "close"})
     return str(r.headers.get("x-app-version", f"status {r.status_code}"))
-
-
-def _reloaded(inst: Instance, mark: int) -> str:
-    """Wait for the next reload's outcome after ``mark``; its log line."""
-    m = inst.wait_for(r"reload ok: generation \d+ live|serves the error page until the next save", 20, start=mark)
-    return m.group(0)
 
 
 def test_a_save_of_an_imported_module_in_a_subpackage_reloads(liveswap_dev: MakeDevInstance, project: Path) -> None:
@@ -183,8 +173,6 @@ def test_saves_at_random_intervals_under_load_lose_no_request(liveswap_dev: Make
 
 
 # ---- the browser follows: headless Chromium over the DevTools protocol -------------------------------
-
-SETTLED = "window.__liveswap && window.__liveswap.hello && !window.__liveswap.reloading"
 
 
 @pytest.mark.timeout(90)

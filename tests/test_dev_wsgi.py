@@ -5,12 +5,15 @@ saves that reload under load with nothing lost, and a real browser that follows.
 from __future__ import annotations
 
 import socket
-import textwrap
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Instance, MakeDevInstance
+from conftest import MakeDevInstance
+from devproject import SETTLED
+from devproject import reloaded as _reloaded
+from devproject import save as _save
+from devproject import views as _views
 from loadclient import LoadClient
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,14 +36,6 @@ def app(environ, start_response):
 """
 
 
-def _save(path: Path, text: str) -> None:
-    path.write_text(textwrap.dedent(text).lstrip())
-
-
-def _views(project: Path, value: str) -> None:
-    _save(project / "pkg" / "views.py", f"def message():\n    return {value!r}\n")
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     root = tmp_path / "wsgiproject"
@@ -49,11 +44,6 @@ def project(tmp_path: Path) -> Path:
     (root / "pkg" / "__init__.py").write_text("")
     _views(root, "v1")
     return root
-
-
-def _reloaded(inst: Instance, mark: int) -> str:
-    m = inst.wait_for(r"reload ok: generation \d+ live|serves the error page until the next save", 20, start=mark)
-    return m.group(0)
 
 
 def test_native_path_script_and_event_stream(liveswap_dev: MakeDevInstance, project: Path) -> None:
@@ -89,9 +79,6 @@ def test_saves_under_load_lose_nothing(liveswap_dev: MakeDevInstance, project: P
         result = lc.stop()
     assert result.failed == 0, result.summary()
     assert result.ok > 8, result.summary()
-
-
-SETTLED = "window.__liveswap && window.__liveswap.hello && !window.__liveswap.reloading"
 
 
 @pytest.mark.timeout(90)

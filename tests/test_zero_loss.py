@@ -25,7 +25,7 @@ import time
 
 import pytest
 from conftest import Instance, MakeInstance
-from loadclient import MODES, Connection, LoadClient, RequestFailed, Response
+from loadclient import MODES, Connection, LoadClient, RequestFailed, Response, Result
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -122,11 +122,9 @@ def _host_probe(inst: Instance, host: str) -> str:
 # -- a. reloads under load -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_reloads_under_load_lose_nothing(liveswap: MakeInstance, kind: str, mode: str) -> None:
-    rng = random.Random(f"zero-loss {kind} {mode}")
-    inst = _start(liveswap, kind, workers=2)
+def _reloads_under_load(inst: Instance, mode: str, rng: random.Random) -> tuple[Result, list[str]]:
+    """RELOADS reloads under ``mode`` load, until the load has seen the last version: nothing may be
+    lost, and every POST body must come back whole."""
     lc = _load(inst, mode)
     try:
         versions = _reload_many(inst, RELOADS, rng)
@@ -137,6 +135,15 @@ def test_reloads_under_load_lose_nothing(liveswap: MakeInstance, kind: str, mode
     assert result.ok > RELOADS * 5, result.summary()
     if mode == "post":
         assert result.verified == result.ok, result.summary()
+    return result, versions
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_reloads_under_load_lose_nothing(liveswap: MakeInstance, kind: str, mode: str) -> None:
+    rng = random.Random(f"zero-loss {kind} {mode}")
+    inst = _start(liveswap, kind, workers=2)
+    result, versions = _reloads_under_load(inst, mode, rng)
     seen = set(result.versions) & set(versions)
     assert len(seen) >= RELOADS // 2, f"the load saw few of the new versions: {result.versions}"
     status = inst.status()
@@ -148,17 +155,7 @@ def test_wsgi_thread_pool_reloads_under_load_lose_nothing(liveswap: MakeInstance
     """The native WSGI path with ``--threads 4`` (each request handed to a pool thread and back)
     under keep-alive and POST load across reloads: nothing lost, every POST body echoed whole."""
     rng = random.Random(f"zero-loss threads {mode}")
-    inst = _start(liveswap, "flask", workers=2, threads=4)
-    lc = _load(inst, mode)
-    try:
-        versions = _reload_many(inst, RELOADS, rng)
-        lc.wait_for(lambda r: versions[-1] in r.versions, timeout=15)
-    finally:
-        result = lc.stop()
-    assert result.failed == 0, result.summary()
-    assert result.ok > RELOADS * 5, result.summary()
-    if mode == "post":
-        assert result.verified == result.ok, result.summary()
+    _reloads_under_load(_start(liveswap, "flask", workers=2, threads=4), mode, rng)
 
 
 @pytest.mark.parametrize("kind", ["raw_asgi", "wsgi_func"])
