@@ -78,6 +78,9 @@ class ThreadedResponse:
             try:
                 view = view[os.write(fd, view) :]
             except BlockingIOError:
+                # No deadline of its own: the loop does not turn meanwhile, so past --worker-timeout
+                # the supervisor finds this worker hung, starts a replacement and kills it (as
+                # gunicorn's timeout kills a sync worker stuck writing).
                 select.select([], [fd], [], 1.0)
             except OSError as exc:  # the client went away: the app learns it from write()
                 transport.close()
