@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -806,3 +807,58 @@ class Server:
             if time.perf_counter() > deadline:
                 raise BenchError(f"{self.kind} did not settle: children {children(self.pid)}\n{self.log_tail()}")
             time.sleep(0.005)
+
+
+def per_cpu_rounds(
+    name: str,
+    variants: dict[str, tuple[str, list[str]]],
+    base: str,
+    rounds: int,
+    duration: float,
+    *,
+    ratio_key: str = "ratio_to_base",
+    extra: Callable[[Server], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Requests per CPU-second of each variant's server processes (one worker, wrk -t2 -c64 keep-alive
+    GET after a 1 s warm-up), rounds interleaved (the order reversed every other round), as a ratio
+    to ``base``'s median; printed, and written to results/NAME-*.json (returned). ``extra(srv)``,
+    read before each server stops, adds fields to its run (printed after the figures)."""
+    out: dict[str, Any] = {
+        "benchmark": name,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "rounds": rounds,
+        "duration_s": duration,
+        "machine": machine_info(),
+        "runs": [],
+    }
+    width = max(len(label) for label in variants)
+    per_cpu: dict[str, list[float]] = {k: [] for k in variants}
+    rps: dict[str, list[float]] = {k: [] for k in variants}
+    for rnd in range(rounds):
+        order = list(variants) if rnd % 2 == 0 else list(reversed(variants))
+        for label in order:
+            kind, extra_args = variants[label]
+            with Server(kind, workers=1, extra_args=extra_args) as srv:
+                srv.start()
+                run_wrk(srv.port, 1, threads=2, conns=64)  # warm-up
+                tree = process_tree(srv.pid)
+                cpu0 = sum(cpu_seconds(pid) for pid in tree)
+                r = run_wrk(srv.port, duration, threads=2, conns=64)
+                cpu = sum(cpu_seconds(pid) for pid in tree) - cpu0
+                more = extra(srv) if extra is not None else {}
+            per_cpu[label].append(r.requests / cpu)
+            rps[label].append(r.rps)
+            out["runs"].append({"variant": label, "round": rnd, "cpu_s": cpu, **more, **r.as_dict()})
+            shown = "".join(f" {v:8} {k}" for k, v in more.items())
+            print(f"  {label:{width}s} {r.rps:9.0f} req/s {per_cpu[label][-1]:9.0f} req/CPU-s{shown}", flush=True)
+    base_median = median(per_cpu[base])
+    print(f"\n  {'variant':{width}s} {'req/CPU-s':>10s} {'ratio':>6s} {'req/s':>9s}")
+    summary = {}
+    for label in variants:
+        m = median(per_cpu[label])
+        summary[label] = {"median_req_per_cpu_s": m, ratio_key: m / base_median, "median_rps": median(rps[label])}
+        print(f"  {label:{width}s} {m:10.0f} {m / base_median:6.3f} {median(rps[label]):9.0f}")
+    out["summary"] = summary
+    out["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    print(f"\nwrote {write_results(name, out)}")
+    return out
